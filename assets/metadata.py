@@ -1,0 +1,76 @@
+"""Metadata a data engineer wants in the UI: counts, drops by reason, distributions, previews."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import dagster as dg
+import numpy as np
+
+from curation import storage
+
+
+def rows(url: str) -> list[dict]:
+    return storage.read_records(url) if storage.exists(url) else []
+
+
+def reasons_table(quarantine_rows: Sequence[dict]) -> str:
+    """Markdown table of drops by (stage, reason), most frequent first."""
+    counts = Counter((r.get("stage") or "", r.get("reason") or "") for r in quarantine_rows)
+    if not counts:
+        return "_no drops_"
+    lines = ["| stage | reason | count |", "|---|---|---:|"]
+    for (stage, reason), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"| {stage} | {reason} | {n} |")
+    return "\n".join(lines)
+
+
+def histogram_table(values: Iterable[float], bins: Sequence[float] | int = 10, label: str = "value") -> str:
+    """A text histogram (markdown) that reads well in the Dagster UI."""
+    vals = np.asarray(list(values), dtype=np.float64)
+    if vals.size == 0:
+        return "_empty_"
+    counts, edges = np.histogram(vals, bins=bins)
+    top = max(int(counts.max()), 1)
+    lines = [f"| {label} | count | |", "|---|---:|---|"]
+    for c, lo, hi in zip(counts.tolist(), edges[:-1], edges[1:]):
+        lines.append(f"| {lo:.3g} – {hi:.3g} | {c} | {'█' * max(0, round(20 * c / top))} |")
+    return "\n".join(lines)
+
+
+def counter_table(counter: Counter | dict, key: str, limit: int = 20, extra: dict | None = None, extra_name: str = "") -> str:
+    items = sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0])))[:limit]
+    if not items:
+        return "_empty_"
+    head = f"| {key} | count |" + (f" {extra_name} |" if extra is not None else "")
+    lines = [head, "|---|---:|" + ("---:|" if extra is not None else "")]
+    for k, v in items:
+        lines.append(f"| {k} | {v} |" + (f" {extra.get(k, 0)} |" if extra is not None else ""))
+    return "\n".join(lines)
+
+
+def preview_table(records: Sequence[dict], columns: Sequence[str], limit: int = 8) -> str:
+    if not records:
+        return "_empty_"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in records[:limit]:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            text = f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "")
+            cells.append(text.replace("|", "\\|").replace("\n", " ")[:80])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stage_metadata(n_in: int, kept: Sequence[dict], dropped: Sequence[dict], manifest: str, quarantine: str) -> dict:
+    """The metadata every stage reports."""
+    return {
+        "records_in": dg.MetadataValue.int(n_in),
+        "records_out": dg.MetadataValue.int(len(kept)),
+        "records_dropped": dg.MetadataValue.int(len(dropped)),
+        "drops_by_reason": dg.MetadataValue.md(reasons_table(dropped)),
+        "manifest": dg.MetadataValue.path(manifest),
+        "quarantine": dg.MetadataValue.path(quarantine),
+    }

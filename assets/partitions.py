@@ -1,0 +1,5 @@
+"""Partitions: one dynamic partition per drop under landing/<modality>/ (registered by a sensor)."""
+
+import dagster as dg
+
+image_text_drops = dg.DynamicPartitionsDefinition(name="image_text_drops")

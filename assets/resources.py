@@ -1,0 +1,47 @@
+"""Resources: where data lives, which CLIP model scores, how Beam runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from curation import storage
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_root() -> str:
+    return os.environ.get("VLM_DATA_ROOT", str(REPO / "data"))
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The storage root: a local path or any fsspec URL (s3://, gs://). Layout: DESIGN.md section 2."""
+
+    root: str = default_root()
+
+    def url(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+
+class ClipModelResource(dg.ConfigurableResource):
+    """The open_clip model that scores pairs: an architecture plus a checkpoint, or a local-dir: folder.
+
+    Default: the tiny random-init model that `make run` builds (models/clip-tiny under the storage
+    root). Real use: model='ViT-L-14', pretrained='/ckpt/open_clip_pytorch_model.bin'.
+    """
+
+    model: str = "local-dir:models/clip-tiny"
+    pretrained: str | None = None
+    batch_size: int = 64
+
+
+class BeamResource(dg.ConfigurableResource):
+    """How pipelines run: the runner and its flags (default: FnApiRunner in process, offline)."""
+
+    runner: str = "FnApiRunner"
+    args: list[str] = []
+
+    def argv(self) -> list[str]:
+        return [f"--runner={self.runner}", *self.args]

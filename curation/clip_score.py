@@ -1,0 +1,85 @@
+"""CLIP score: cosine similarity of open_clip image and text embeddings, batched.
+
+``ClipScorer(model, pretrained)`` takes what ``open_clip.create_model_and_transforms`` takes: an
+architecture name plus a checkpoint (``'ViT-L-14', '/ckpt/open_clip_pytorch_model.bin'``), or a
+``'local-dir:/path'`` folder, or ``'hf-hub:org/repo'`` where a hub is reachable. Filtering follows
+DataComp: an absolute threshold (model-specific; DataComp's ViT-L/14 baseline keeps scores >= 0.3),
+or keep the top fraction by score (``keep_top_fraction``; DataComp's best baseline keeps 30%).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from curation.records import KEEP, Verdict, drop
+
+
+@dataclass(frozen=True)
+class ClipFilterConfig:
+    """Either an absolute ``min_score`` or a ``keep_top_fraction`` (or neither: score only)."""
+
+    min_score: float | None = None
+    keep_top_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_score is not None and self.keep_top_fraction is not None:
+            raise ValueError("set min_score or keep_top_fraction, not both")
+        if self.keep_top_fraction is not None and not 0.0 < self.keep_top_fraction <= 1.0:
+            raise ValueError(f"keep_top_fraction must lie in (0, 1], got {self.keep_top_fraction}")
+
+
+def threshold_for(scores: np.ndarray, config: ClipFilterConfig) -> float | None:
+    """The score a sample needs to be kept (None: keep everything).
+
+    For ``keep_top_fraction`` it is the score of the last kept sample when scores are sorted
+    descending, so exactly ``ceil(fraction * n)`` samples pass when scores are distinct.
+    """
+    if config.min_score is not None:
+        return float(config.min_score)
+    if config.keep_top_fraction is None or len(scores) == 0:
+        return None
+    n_keep = int(np.ceil(config.keep_top_fraction * len(scores)))
+    return float(np.sort(np.asarray(scores, dtype=np.float64))[::-1][n_keep - 1])
+
+
+def clip_verdict(score: float, threshold: float | None) -> Verdict:
+    return KEEP if threshold is None or score >= threshold else drop("clip_score_below_threshold")
+
+
+class ClipScorer:
+    """Loads an open_clip model once and scores (image, text) batches."""
+
+    def __init__(self, model: str, pretrained: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+        import open_clip
+        import torch
+
+        self._torch = torch
+        self.model_name = model
+        self.device = device
+        self.batch_size = batch_size
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model, pretrained=pretrained, device=device, load_weights=True
+        )
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+
+    def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarity per (image, text) pair, float32, in input order."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        torch = self._torch
+        out = np.empty(len(images), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                imgs = images[start : start + self.batch_size]
+                txts = texts[start : start + self.batch_size]
+                pixels = torch.stack([self.preprocess(im) for im in imgs]).to(self.device)
+                tokens = self.tokenizer(list(txts)).to(self.device)
+                img_emb = self.model.encode_image(pixels, normalize=True)
+                txt_emb = self.model.encode_text(tokens, normalize=True)
+                out[start : start + len(imgs)] = (img_emb * txt_emb).sum(-1).float().cpu().numpy()
+        return out

@@ -1,0 +1,132 @@
+"""Pieces every pipeline shares: options, the offline default runner, manifests and dead letters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from curation import storage
+
+# Beam 2.77's DirectRunner first tries to download the Prism runner, which cannot work offline;
+# the portable FnApiRunner runs in-process with no download. Users pick another runner by flag
+# (--runner=FlinkRunner / SparkRunner / DataflowRunner with that runner's own options).
+DEFAULT_RUNNER = "FnApiRunner"
+
+QUARANTINE_FIELDS = [("stage", pa.string()), ("reason", pa.string()), ("error", pa.string())]
+
+
+class CurationOptions(PipelineOptions):
+    """Options shared by all curation pipelines."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 - Beam's hook
+        parser.add_argument("--root", default="./data", help="storage root (local path or fsspec URL)")
+        parser.add_argument("--partitions", default="", help="comma-separated drops to process (default: all in landing/)")
+
+
+def pipeline_options(argv: Sequence[str] | None, **overrides) -> PipelineOptions:
+    """PipelineOptions from argv, with the offline runner unless --runner is given."""
+    opts = PipelineOptions(list(argv or []), **overrides)
+    if not opts.view_as(StandardOptions).runner:
+        opts.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    return opts
+
+
+def manifest_url(root: str, asset: str, partition: str) -> str:
+    return storage.join(root, "manifests", asset, f"{partition}.parquet")
+
+
+def quarantine_url(root: str, asset: str, partition: str) -> str:
+    return storage.join(root, "quarantine", asset, f"{partition}.parquet")
+
+
+def read_schema(url: str) -> pa.Schema:
+    """The schema of a parquet manifest (footer only)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_schema(f)
+
+
+def extend_schema(schema: pa.Schema, fields: Sequence[tuple[str, pa.DataType]]) -> pa.Schema:
+    """``schema`` plus ``fields`` (replacing same-named ones), metadata dropped."""
+    names = {n for n, _ in fields}
+    kept = [f for f in schema if f.name not in names]
+    return pa.schema(kept + [pa.field(n, t) for n, t in fields])
+
+
+def quarantine_schema(schema: pa.Schema) -> pa.Schema:
+    return extend_schema(schema, QUARANTINE_FIELDS)
+
+
+def project(record: dict, schema: pa.Schema) -> dict:
+    """The record with exactly the schema's columns (missing ones None)."""
+    return {f.name: record.get(f.name) for f in schema}
+
+
+class WriteManifest(beam.PTransform):
+    """Write records to one parquet file at ``url`` (Beam's sink writes a temp file, then renames)."""
+
+    def __init__(self, url: str, schema: pa.Schema) -> None:
+        super().__init__()
+        self.url, self.schema = url, schema
+
+    def expand(self, pcoll):
+        schema = self.schema
+        return (
+            pcoll
+            | "Project" >> beam.Map(project, schema)
+            | "Write" >> beam.io.WriteToParquet(self.url, schema, num_shards=1, shard_name_template="")
+        )
+
+
+def dead_letter_to_quarantine(stage: str):
+    """FlatMap a ``with_exception_handling`` dead letter (element, (type, value, tb)) to quarantine rows.
+
+    A batch (list of records) that raised yields one row per record, so nothing is lost.
+    """
+
+    def convert(bad) -> Iterable[dict]:  # noqa: ANN001
+        element, exc = bad
+        exc_type, exc_value = exc[0], exc[1]
+        name = getattr(exc_type, "__name__", str(exc_type))
+        logging.warning("dead letter in %s: %s: %s", stage, name, exc_value)
+        elements = element if isinstance(element, list) else [element]
+        for el in elements:
+            record = dict(el) if isinstance(el, dict) else {"payload": json.dumps(el, default=str)}
+            record.update(stage=stage, reason=f"exception_{name}", error=f"{name}: {exc_value}"[:2000])
+            yield record
+
+    return convert
+
+
+def split_dofn(pcoll, label: str, dofn: beam.DoFn, *args):  # noqa: ANN001
+    """Apply a DoFn that yields kept records and ``TaggedOutput('quarantine', row)``; exceptions become
+    dead letters in quarantine too. Returns (kept, quarantine)."""
+    r = pcoll | label >> beam.ParDo(dofn, *args).with_outputs("quarantine", main="ok").with_exception_handling(
+        dead_letter_tag="dead")
+    dead = r["dead"] | f"{label}DeadLetters" >> beam.FlatMap(dead_letter_to_quarantine(label))
+    quarantine = (r["quarantine"], dead) | f"{label}Quarantine" >> beam.Flatten()
+    return r["ok"], quarantine
+
+
+def quarantined(record: dict, stage: str, reason: str, error: str | None = None) -> dict:
+    out = dict(record)
+    out.update(stage=stage, reason=reason, error=error)
+    return out
+
+
+def format_exception(e: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]
+
+
+def flatten_records(batches: Iterable[list[dict]]) -> Iterable[dict]:
+    for b in batches:
+        yield from b
