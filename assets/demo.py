@@ -191,7 +191,7 @@ def summary(root: str, drops: list[str]) -> dict:
     n_in += sum(1 for (stage, _r) in reasons.elements() if stage == "samples")
     latest = storage.read_json(storage.join(root, "shards", "image_text", "LATEST.json"))
     index = storage.read_json(storage.join(latest["url"], "index.json"))
-    return {"pairs_in": n_in, "samples_out": index["n_samples"], "shards": latest["url"], "n_shards": index["n_shards"],
+    return {"pairs_in": n_in, "samples_out": index["num_samples"], "shards": latest["url"], "n_shards": index["num_shards"],
             "drops_by_reason": {f"{s}/{r}": n for (s, r), n in sorted(reasons.items(), key=lambda kv: -kv[1])}}
 
 

@@ -10,7 +10,8 @@ import numpy as np
 from assets.metadata import counter_table, histogram_table, preview_table, rows, stage_metadata
 from assets.partitions import image_text_drops
 from assets.resources import BeamResource, ClipModelResource, StorageResource
-from curation import clip_score, metaclip, neardup, phash, shards, storage, text_quality
+from curation import clip_score, metaclip, neardup, phash, shards, text_quality
+from curation import storage as fsio
 from pipelines import image_text as pipe
 from pipelines.common import manifest_url, quarantine_url
 
@@ -78,7 +79,7 @@ def settings(clip: ClipModelResource | None = None, **overrides) -> pipe.ImageTe
 def _materialized_partitions(context: dg.AssetExecutionContext, storage_res: StorageResource, upstream: str) -> list[str]:
     """Registered drops whose upstream manifest exists (sorted: precedence order)."""
     keys = context.instance.get_dynamic_partitions(image_text_drops.name)
-    ready = [p for p in sorted(keys) if storage.exists(manifest_url(storage_res.root, upstream, p))]
+    ready = [p for p in sorted(keys) if fsio.exists(manifest_url(storage_res.root, upstream, p))]
     if not ready:
         raise dg.Failure(f"no partition of {upstream} is materialized yet (registered drops: {sorted(keys)})")
     return ready
@@ -306,25 +307,25 @@ def image_text_shards(context: dg.AssetExecutionContext, config: ShardRunConfig,
     s = settings(samples_per_shard=config.samples_per_shard, max_shard_bytes=config.max_shard_bytes, dataset=config.dataset)
     index = pipe.run_shards(storage.root, parts, s, argv=beam_runner.argv())
     problems = []
-    for sh in index["shards"]:
-        problems += shards.verify_shard(storage.join(index["url"], sh["tar"]))
-    keys = [r["key"] for sh in index["shards"] for r in storage.read_records(storage.join(index["url"], sh["parquet"]))]
+    for url in index.tar_urls:
+        problems += shards.verify_shard(url)
+    keys = [r["key"] for url in index.parquet_urls for r in fsio.read_records(url)]
     n_in = sum(_n_rows(manifest_url(storage.root, "image_text_samples", p)) + _n_rows(quarantine_url(storage.root, "image_text_samples", p))
                for p in parts)
     return dg.MaterializeResult(
         metadata={
-            "shards_url": dg.MetadataValue.path(index["url"]),
-            "version": dg.MetadataValue.text(index["url"].rstrip("/").rsplit("/", 1)[-1]),
-            "samples": dg.MetadataValue.int(index["n_samples"]),
-            "shards": dg.MetadataValue.int(index["n_shards"]),
-            "bytes": dg.MetadataValue.int(index["n_bytes"]),
+            "shards_url": dg.MetadataValue.path(index.url),
+            "version": dg.MetadataValue.text(index.version),
+            "samples": dg.MetadataValue.int(index.num_samples),
+            "shards": dg.MetadataValue.int(len(index.shards)),
+            "bytes": dg.MetadataValue.int(index.total_bytes),
             "pairs_landed": dg.MetadataValue.int(n_in),
             "partitions": dg.MetadataValue.text(", ".join(parts)),
-            "shard_list": dg.MetadataValue.md(preview_table(index["shards"], ("tar", "n_samples", "n_bytes", "sha256"), 50)),
+            "shard_list": dg.MetadataValue.md(preview_table([sh.to_json() for sh in index.shards], ("tar", "samples", "bytes", "sha256"), 50)),
         },
         check_results=[
             dg.AssetCheckResult(check_name="shard_integrity", passed=not problems, metadata={"problems": dg.MetadataValue.text("\n".join(problems) or "none")}),
-            dg.AssetCheckResult(check_name="non_empty", passed=index["n_samples"] > 0),
+            dg.AssetCheckResult(check_name="non_empty", passed=index.num_samples > 0),
             dg.AssetCheckResult(check_name="ids_unique", passed=len(keys) == len(set(keys))),
         ],
     )

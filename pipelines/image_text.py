@@ -492,7 +492,8 @@ class CountEntries(beam.CombineFn):
 COUNTS_SCHEMA = pa.schema([("entry_index", pa.int32()), ("entry", pa.string()), ("count", pa.int64())])
 
 
-def balance_record(rec: dict, matched: list[int], probs: np.ndarray, entries: list[str], version: int):
+def balance_record(rec_and_matched: tuple[dict, list[int]], probs: np.ndarray, entries: list[str], version: int):
+    rec, matched = rec_and_matched
     keep, reason = metaclip.balance_decision(rec["id"], matched, probs, version=version)
     out = dict(rec, metaclip_entries=[entries[i] for i in matched])
     Metrics.counter(TRACK, "balance_kept" if keep else f"balance_drop_{reason}").inc()
@@ -717,7 +718,7 @@ def run_balance(root: str, partition: str, settings: ImageTextSettings, argv: Se
         r = (
             _read(p, src, "Read")
             | "Match" >> beam.ParDo(MatchEntries(metadata_path))
-            | "Balance" >> beam.FlatMapTuple(balance_record, probs, entries, settings.metaclip_version).with_outputs("quarantine", main="ok")
+            | "Balance" >> beam.FlatMap(balance_record, probs, entries, settings.metaclip_version).with_outputs("quarantine", main="ok")
         )
         _write_split(r.ok, r.quarantine, root, ASSET["balance"], partition, schema)
 
@@ -747,11 +748,20 @@ def _sample_for_shard(rec: dict, fetch_limits: ingest.FetchLimits) -> shards.Sam
             meta[col] = rec[col]
     files = {ext: data, "txt": (rec.get("recaption") or rec["caption"]).encode("utf-8"),
              "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")}
-    return shards.Sample(key=rec["id"], files=files, metadata=meta)
+    return shards.Sample(key=rec["id"], fields=files, metadata={**meta, "recaption": meta.get("recaption"),
+                                                                 "recaption_model": meta.get("recaption_model")})
+
+
+SHARD_METADATA_SCHEMA = pa.schema([
+    ("id", pa.string()), ("caption", pa.string()), ("source_key", pa.string()), ("partition", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()), ("phash", pa.string()),
+    ("clip_score", pa.float32()), ("metaclip_entries", pa.list_(pa.string())),
+    ("recaption", pa.string()), ("recaption_model", pa.string()),
+])
 
 
 def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings, upstream: str = ASSET["balance"],
-               argv: Sequence[str] = (), test_pipeline=None) -> dict:  # noqa: ANN001
+               argv: Sequence[str] = (), test_pipeline=None) -> shards.ShardIndex:  # noqa: ANN001
     """Write the shard set of every accepted sample, sorted by id (identical bytes on a re-run).
 
     Only references travel through the pipeline until here; this is where image bytes are copied.
@@ -773,6 +783,7 @@ def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings
         max_shard_bytes=settings.max_shard_bytes,
         dataset_name=settings.dataset,
         lineage=lineage,
+        metadata_schema=SHARD_METADATA_SCHEMA,
     )
     storage.write_json(storage.join(root, "shards", settings.dataset, "LATEST.json"), {"version": version, "url": out_url})
     return index
@@ -780,6 +791,22 @@ def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings
 
 # ----------------------------------------------------------------------------------------------
 # CLI
+
+
+def ensure_defaults(root: str, settings: ImageTextSettings, stages: Sequence[str]) -> None:
+    """Build the default tiny CLIP model and MetaCLIP metadata when a stage needs them and they are missing."""
+    from curation.models import build_tiny_clip
+
+    if "clip" in stages and settings.clip_model == ImageTextSettings.clip_model:
+        path = settings.resolve(root, settings.clip_model)[len("local-dir:"):]
+        if not storage.exists(storage.join(path, "open_clip_config.json")):
+            logging.info("building the tiny random-init CLIP model at %s (set --clip-model for a real one)", path)
+            build_tiny_clip(path)
+    if ("metaclip_counts" in stages or "balance" in stages) and not storage.exists(settings.resolve(root, settings.metadata_path)):
+        path = settings.resolve(root, settings.metadata_path)
+        logging.info("building the default MetaCLIP metadata at %s", path)
+        sources = metaclip.metadata_sources()
+        metaclip.save_metadata(path, metaclip.merge_entries(s.entries for s in sources), sources)
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa: ANN001
@@ -813,6 +840,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa:
     partitions = [p for p in args.partitions.split(",") if p] or list_partitions(args.root)
     if not partitions:
         parser.error(f"no drops under {storage.join(args.root, 'landing', TRACK)}")
+    ensure_defaults(args.root, settings, stages)
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -829,7 +857,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa:
             run_metaclip_counts(args.root, partitions, settings, beam_argv)
         elif stage == "shards":
             index = run_shards(args.root, partitions, settings, argv=beam_argv)
-            print(json.dumps({k: index[k] for k in ("url", "n_samples", "n_shards") if k in index}, indent=2))
+            print(json.dumps({"url": index.url, "samples": index.num_samples, "shards": len(index.shards),
+                              "bytes": index.total_bytes}, indent=2))
 
 
 if __name__ == "__main__":
