@@ -5,7 +5,7 @@ Supported inputs inside a drop folder (any fsspec URL), recognised by file name:
 | input | layout |
 |---|---|
 | ``*.tar`` | WebDataset / img2dataset shards: ``key.jpg|png|webp|...`` + ``key.txt`` (caption) + optional ``key.json`` |
-| ``*.parquet``, ``*.jsonl`` | one row per pair: an image ``path`` (relative to the table) or ``url``, and a ``caption`` (or ``text``) |
+| ``*.parquet``, ``*.jsonl`` | one row per pair: an image ``path`` (relative to the table, or absolute) or ``url``, and a ``caption`` (or ``text``) |
 | images with sidecars | ``name.jpg`` + ``name.txt`` (the caption; first line) or ``name.json`` with a ``caption`` key |
 
 Each pair becomes a reference record: where the bytes live (``uri`` + ``byte_offset``/``byte_size`` for
@@ -161,7 +161,7 @@ def iter_table(url: str) -> Iterator[dict]:
         key = f"{url}#{i}"
         if image is None:
             yield _ref(key, url, caption, extra=extra, error="missing_image: row has no path or url")
-        elif "://" in str(image):
+        elif "://" in str(image) or str(image).startswith("/"):
             yield _ref(key, str(image), caption, extra=extra)
         else:
             yield _ref(key, storage.join(base, str(image)), caption, extra=extra)

@@ -98,6 +98,7 @@ class ImageTextSettings:
     image_limits: imaging.ImageLimits = field(default_factory=imaging.ImageLimits)
     fetch_limits: ingest.FetchLimits = field(default_factory=ingest.FetchLimits)
     phash_draft: bool = True
+    phash_flatten_alpha: bool = True  # composite transparent images onto white before hashing
     hamming_k: int = phash.DEFAULT_THRESHOLD
     benchmark_k: int = phash.DEFAULT_THRESHOLD
     neardup_engine: str = "auto"  # auto | inmemory | beam
@@ -221,7 +222,8 @@ class PHashBatch(beam.DoFn):
             except (OSError, ingest.FetchError) as e:
                 datas.append(b"")
                 errors[i] = ("unreadable", format_exception(e))
-        hashes, hash_errors = phash.phash_many(datas, draft=self.settings.phash_draft)
+        hashes, hash_errors = phash.phash_many(datas, draft=self.settings.phash_draft,
+                                                flatten_alpha=self.settings.phash_flatten_alpha)
         for i, err in enumerate(hash_errors):
             if err is not None:
                 errors.setdefault(i, ("decode_error", err))
