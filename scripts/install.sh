@@ -50,7 +50,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     echo "import vlm_torchvision_cpu_fix; vlm_torchvision_cpu_fix.install()" > "$SP/vlm_torchvision_cpu_fix.pth"
   fi
   "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
-  "$VENV/bin/python" -c "import torch, torchvision, open_clip, dagster, apache_beam, vllm, imagehash, fitz, webdataset, datasketch, ffmpeg" \
+  "$VENV/bin/python" -c "import torch, torchvision, open_clip, dagster, apache_beam, vllm, imagehash, pymupdf, webdataset, datasketch, ffmpeg" \
     || { echo "install check failed: an import does not work" >&2; exit 1; }
   echo "$want" > "$STAMP"
   log "python packages ready"
