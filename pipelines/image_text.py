@@ -323,8 +323,10 @@ class NearDupPairs(beam.PTransform):
     def __init__(self, k: int, n_estimate: int, engine: str = "auto", query_prefix: str | None = None) -> None:
         super().__init__()
         self.k, self.query_prefix = k, query_prefix
-        self.plan = neardup.plan_search(max(n_estimate, 1), k)
         self.engine = ("inmemory" if n_estimate <= 50_000_000 else "beam") if engine == "auto" else engine
+        # In Beam every probe key is a shuffled element: weight probes heavily so the plan uses
+        # fewer, larger groups (~27 keys per item at k=10 instead of ~236 for the in-memory plan).
+        self.plan = neardup.plan_search(max(n_estimate, 1), k, probe_weight=100 if self.engine == "beam" else 1.0)
 
     def expand(self, records):
         k, qp = self.k, self.query_prefix
