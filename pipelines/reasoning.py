@@ -1,0 +1,397 @@
+"""Long-CoT synthesis with rejection sampling as Beam pipelines, runnable without Dagster.
+
+    python -m pipelines.reasoning --root ./data --stages all --model models/tiny-causal-lm
+    python -m pipelines.reasoning --root ./data --engine openai --base-url http://127.0.0.1:8000 --model NAME
+
+| stage | scope | reads | writes |
+|---|---|---|---|
+| prompts | per drop | landing/reasoning/<drop>/*.jsonl|parquet, benchmarks/texts/*.jsonl | manifests/reasoning_prompts/<drop>.parquet |
+| candidates | per drop | reasoning_prompts | manifests/cot_candidates/<drop>.parquet (n rows per prompt) |
+| verified | per drop | reasoning_prompts, cot_candidates | manifests/cot_verified/<drop>.parquet, manifests/cot_prompt_stats/<drop>.parquet |
+| sft_shards | corpus | cot_verified | shards/reasoning_sft/<version>/ |
+| rl_pool | corpus | cot_prompt_stats, reasoning_prompts | manifests/rl_prompt_pool/all.parquet |
+
+Rejected prompts and samples go to quarantine/<asset>/<drop>.parquet with their reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from curation import generation, reasoning, shards, storage
+from pipelines.common import WriteManifest, manifest_url, pipeline_options, quarantine_schema, quarantine_url, quarantined, split_dofn
+from pipelines.generation import EngineSpec, GenerationModelHandler
+
+TRACK = "reasoning"
+STAGES = ("prompts", "candidates", "verified", "sft_shards", "rl_pool")
+CORPUS = "all"
+
+PROMPT_SCHEMA = pa.schema([
+    ("id", pa.string()), ("partition", pa.string()), ("source", pa.string()), ("question", pa.string()),
+    ("gold", pa.string()), ("gold_text", pa.string()), ("choices", pa.list_(pa.string())), ("images", pa.list_(pa.string())),
+])
+CANDIDATE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("prompt_id", pa.string()), ("partition", pa.string()), ("sample_index", pa.int32()),
+    ("text", pa.string()), ("finish_reason", pa.string()), ("n_tokens", pa.int32()), ("model", pa.string()),
+    ("cached", pa.bool_()), ("error", pa.string()),
+])
+VERIFIED_SCHEMA = pa.schema(list(CANDIDATE_SCHEMA) + [
+    ("answer", pa.string()), ("gold", pa.string()), ("pass_rate", pa.float32()), ("sft_sample", pa.string())])
+STATS_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()), ("partition", pa.string()), ("n", pa.int32()), ("n_correct", pa.int32()),
+    ("n_undecided", pa.int32()), ("pass_rate", pa.float32()), ("difficulty", pa.string()), ("n_accepted", pa.int32()),
+    ("pool", pa.string()),
+])
+POOL_SCHEMA = pa.schema(list(PROMPT_SCHEMA) + [
+    ("pass_rate", pa.float32()), ("difficulty", pa.string()), ("pool", pa.string())])
+
+
+@dataclass(frozen=True)
+class ReasoningSettings:
+    """Knobs of the track; Dagster config and CLI flags map onto it."""
+
+    engine: EngineSpec = field(default_factory=lambda: EngineSpec("vllm", "models/tiny-causal-lm"))
+    vision_engine: EngineSpec | None = None  # prompts with images go here (a VLM); None: drop them
+    sampling: generation.SamplingParams = field(default_factory=lambda: generation.SamplingParams(
+        n=4, temperature=0.8, max_tokens=512, seed=0))
+    system_prompt: str | None = "Think step by step inside <think>...</think>, then give the final answer as \\boxed{...}."
+    cot: reasoning.CoTFilterConfig = field(default_factory=reasoning.CoTFilterConfig)
+    decontamination_n: int = 13
+    verify_workers: int = 2
+    verify_timeout_s: float = 5.0
+    easy_threshold: float = 0.9
+    samples_per_shard: int = 10_000
+    dataset: str = "reasoning_sft"
+
+
+def list_partitions(root: str) -> list[str]:
+    fs, path = storage.filesystem(storage.join(root, "landing", TRACK))
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+
+
+def _inputs(root: str, partition: str) -> list[str]:
+    fs, path = storage.filesystem(storage.join(root, "landing", TRACK, partition))
+    if not fs.exists(path):
+        raise FileNotFoundError(f"drop not found: {storage.join(root, 'landing', TRACK, partition)}")
+    protocol = root.split("://", 1)[0] + "://" if "://" in root else ""
+    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in fs.find(path)
+                  if p.endswith((".jsonl", ".jsonl.gz", ".parquet")))
+
+
+def benchmark_texts(root: str) -> dict[str, str]:
+    """Benchmark questions to decontaminate against: benchmarks/texts/*.jsonl (id?, question|problem|text)."""
+    fs, path = storage.filesystem(storage.join(root, "benchmarks", "texts"))
+    out: dict[str, str] = {}
+    if not fs.exists(path):
+        return out
+    for p in sorted(fs.find(path)):
+        if not p.endswith(".jsonl"):
+            continue
+        name = p.rsplit("/", 1)[-1][: -len(".jsonl")]
+        with fs.open(p, "rb") as f:
+            for i, line in enumerate(f.read().decode("utf-8").splitlines()):
+                if line.strip():
+                    row = json.loads(line)
+                    text = row.get("question") or row.get("problem") or row.get("text") or ""
+                    out[f"{name}:{row.get('id', i)}"] = text
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts
+
+
+class CheckPrompt(beam.DoFn):
+    """Gold verifiability and benchmark contamination, with reasons."""
+
+    def __init__(self, partition: str, bench: dict[str, str], n: int) -> None:
+        self.partition, self.bench, self.n = partition, bench, n
+        self.decon: reasoning.NGramDecontaminator | None = None
+
+    def setup(self) -> None:
+        self.decon = reasoning.NGramDecontaminator(self.bench, n=self.n) if self.bench else None
+
+    def process(self, rec: dict):
+        rec = dict(rec, partition=self.partition, choices=rec.get("choices") or [], images=rec.get("images") or [])
+        verdict = reasoning.classify_gold(rec.get("gold"), rec.get("choices") or None)
+        if not verdict.keep:
+            Metrics.counter(TRACK, f"prompt_drop_{verdict.reason}").inc()
+            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "prompts", verdict.reason))
+            return
+        if self.decon is not None:
+            hit, bench_id = self.decon.is_contaminated(rec["question"] or "")
+            if hit:
+                Metrics.counter(TRACK, "prompt_drop_benchmark_contamination").inc()
+                yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "prompts", "benchmark_contamination",
+                                                                          f"overlaps {bench_id}"))
+                return
+        Metrics.counter(TRACK, "prompts_ok").inc()
+        yield rec
+
+
+def run_prompts(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
+    urls = _inputs(root, partition)
+    bench = benchmark_texts(root)
+
+    def build(p):  # noqa: ANN001
+        recs = p | "Inputs" >> beam.Create(urls) | "Load" >> beam.FlatMap(reasoning.load_prompts)
+        ok, bad = split_dofn(recs, "Check", CheckPrompt(partition, bench, settings.decontamination_n))
+        ok | "WriteManifest" >> WriteManifest(manifest_url(root, "reasoning_prompts", partition), PROMPT_SCHEMA)
+        bad | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "reasoning_prompts", partition), quarantine_schema(PROMPT_SCHEMA))
+
+    return _run(argv, build, test_pipeline)
+
+
+# ----------------------------------------------------------------------------------------------
+# candidates
+
+
+def to_request(rec: dict, system: str | None, image_loader=storage.read_bytes) -> generation.GenerationRequest:  # noqa: ANN001
+    """A chat request for one prompt (images attached when the prompt has them)."""
+    user: list | str = reasoning.format_user_prompt(rec)
+    images = [image_loader(u) for u in rec.get("images") or []]
+    if images:
+        user = [*({"type": "image"} for _ in images), {"type": "text", "text": user}]
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return generation.GenerationRequest(messages=messages, images=images, request_id=rec["id"])
+
+
+def candidate_rows(result: generation.GenerationResult, partition: str) -> Iterable[dict]:
+    """One row per sample (an errored request gives one row carrying the error)."""
+    if result.error or not result.completions:
+        yield {"id": f"{result.request_id}:0", "prompt_id": result.request_id, "partition": partition, "sample_index": 0,
+               "text": None, "finish_reason": None, "n_tokens": None, "model": result.model, "cached": result.cached,
+               "error": result.error or "no completions"}
+        return
+    for i, c in enumerate(result.completions):
+        yield {"id": f"{result.request_id}:{i}", "prompt_id": result.request_id, "partition": partition, "sample_index": i,
+               "text": c.text, "finish_reason": c.finish_reason, "n_tokens": c.n_completion_tokens, "model": result.model,
+               "cached": result.cached, "error": None}
+
+
+def resolve_spec(root: str, spec: EngineSpec) -> EngineSpec:
+    """Relative model folders and cache paths live under the storage root."""
+    from dataclasses import replace
+
+    model = spec.model
+    if spec.kind == "vllm" and not model.startswith("/") and "://" not in model and storage.exists(storage.join(root, model)):
+        model = storage.local_path(storage.join(root, model)) or model
+    cache = spec.cache_url or storage.join(root, "cache", "generation.sqlite")
+    return replace(spec, model=model, cache_url=cache)
+
+
+def run_candidates(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
+    src = manifest_url(root, "reasoning_prompts", partition)
+    if not storage.exists(src):
+        raise FileNotFoundError(f"candidates: {src} missing (materialize reasoning_prompts for {partition} first)")
+    text_spec = resolve_spec(root, settings.engine)
+    vision_spec = resolve_spec(root, settings.vision_engine) if settings.vision_engine else None
+    system = settings.system_prompt
+
+    def build(p):  # noqa: ANN001
+        prompts = p | "Read" >> beam.io.ReadFromParquet(src)
+        routed = prompts | "Route" >> beam.Partition(lambda r, _n: 1 if r.get("images") else 0, 2)
+        texts, visuals = routed[0], routed[1]
+        outs = [texts | "TextRequests" >> beam.Map(to_request, system)
+                | "TextGenerate" >> RunInference(GenerationModelHandler(text_spec, settings.sampling))]
+        if vision_spec is not None:
+            outs.append(visuals | "VisionRequests" >> beam.Map(to_request, system)
+                        | "VisionGenerate" >> RunInference(GenerationModelHandler(vision_spec, settings.sampling)))
+            skipped = p | "NoSkipped" >> beam.Create([])
+        else:
+            skipped = visuals | "NoVLM" >> beam.Map(lambda r: quarantined(
+                {"id": f"{r['id']}:0", "prompt_id": r["id"], "partition": r["partition"]}, "candidates", "no_vision_engine"))
+        rows = (outs | "AllResults" >> beam.Flatten()
+                | "Rows" >> beam.FlatMap(lambda pr: candidate_rows(pr.inference, partition)))
+        rows | "WriteManifest" >> WriteManifest(manifest_url(root, "cot_candidates", partition), CANDIDATE_SCHEMA)
+        skipped | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "cot_candidates", partition), quarantine_schema(CANDIDATE_SCHEMA))
+
+    return _run(argv, build, test_pipeline)
+
+
+# ----------------------------------------------------------------------------------------------
+# verified
+
+
+class VerifyPrompts(beam.DoFn):
+    """Per batch of prompt groups: extract answers, verify in a bounded process pool (created in
+    setup), apply the CoT filters, and emit accepted samples, per-prompt stats and rejections."""
+
+    def __init__(self, settings: ReasoningSettings) -> None:
+        self.settings = settings
+        self.pool: reasoning.VerifierPool | None = None
+
+    def setup(self) -> None:
+        self.pool = reasoning.VerifierPool(workers=self.settings.verify_workers, timeout_s=self.settings.verify_timeout_s)
+
+    def teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def process(self, batch: list[tuple[str, dict]]):
+        assert self.pool is not None
+        s = self.settings
+        groups = []
+        pairs = []
+        for prompt_id, grouped in batch:
+            prompts, cands = list(grouped["prompt"]), sorted(grouped["candidates"], key=lambda c: c["sample_index"])
+            if not prompts:
+                for c in cands:
+                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(c, "verified", "unknown_prompt"))
+                continue
+            prompt = prompts[0]
+            usable = [c for c in cands if not c.get("error")]
+            for c in cands:
+                if c.get("error"):
+                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(c, "verified", "generation_error", c["error"]))
+            answers = [reasoning.extract_answer(c["text"] or "", require_think=s.cot.require_think,
+                                                choices=prompt.get("choices") or None) for c in usable]
+            groups.append((prompt, usable, answers, len(pairs)))
+            pairs += [(prompt["gold"], a) for a in answers]
+        outcomes = self.pool.verify_many(pairs) if pairs else []
+        for prompt, usable, answers, start in groups:
+            outs = outcomes[start : start + len(usable)]
+            completions = [{"text": c["text"] or "", "finish_reason": c["finish_reason"], "n_tokens": c["n_tokens"]} for c in usable]
+            stats = reasoning.score_prompt(prompt, completions, outs, s.cot)
+            pool = reasoning.rl_pool_split(stats, s.easy_threshold)
+            yield beam.pvalue.TaggedOutput("stats", {
+                "prompt_id": prompt["id"], "partition": prompt["partition"], "n": stats.n, "n_correct": stats.n_correct,
+                "n_undecided": stats.n_undecided, "pass_rate": stats.pass_rate, "difficulty": stats.difficulty,
+                "n_accepted": len(stats.accepted), "pool": pool})
+            for i, (c, a) in enumerate(zip(usable, answers)):
+                row = dict(c, answer=a, gold=prompt["gold"], pass_rate=stats.pass_rate)
+                if i in stats.accepted:
+                    Metrics.counter(TRACK, "samples_accepted").inc()
+                    sft = reasoning.to_sft_sample(prompt, c["text"], system=s.system_prompt)
+                    yield dict(row, sft_sample=json.dumps(sft, ensure_ascii=False, sort_keys=True))
+                else:
+                    reason = stats.rejected.get(i, "rejected")
+                    Metrics.counter(TRACK, f"sample_drop_{reason}").inc()
+                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(row, "verified", reason))
+
+
+def run_verified(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
+    psrc, csrc = manifest_url(root, "reasoning_prompts", partition), manifest_url(root, "cot_candidates", partition)
+    for src in (psrc, csrc):
+        if not storage.exists(src):
+            raise FileNotFoundError(f"verified: {src} missing")
+
+    def build(p):  # noqa: ANN001
+        prompts = p | "ReadPrompts" >> beam.io.ReadFromParquet(psrc) | "KeyPrompts" >> beam.Map(lambda r: (r["id"], r))
+        cands = p | "ReadCandidates" >> beam.io.ReadFromParquet(csrc) | "KeyCands" >> beam.Map(lambda r: (r["prompt_id"], r))
+        grouped = ({"prompt": prompts, "candidates": cands} | "Join" >> beam.CoGroupByKey()
+                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=64))
+        r = grouped | "Verify" >> beam.ParDo(VerifyPrompts(settings)).with_outputs("quarantine", "stats", main="ok")
+        r.ok | "WriteManifest" >> WriteManifest(manifest_url(root, "cot_verified", partition), VERIFIED_SCHEMA)
+        r.stats | "WriteStats" >> WriteManifest(manifest_url(root, "cot_prompt_stats", partition), STATS_SCHEMA)
+        r.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "cot_verified", partition), quarantine_schema(VERIFIED_SCHEMA))
+
+    return _run(argv, build, test_pipeline)
+
+
+# ----------------------------------------------------------------------------------------------
+# corpus stages
+
+
+def run_sft_shards(root: str, partitions: Sequence[str], settings: ReasoningSettings) -> shards.ShardIndex:
+    """Accepted samples as chat-format SFT shards (key = sample id; json + txt of the messages)."""
+    srcs = [manifest_url(root, "cot_verified", p) for p in partitions]
+    h = hashlib.sha256()
+    for s in srcs:
+        h.update(hashlib.sha256(storage.read_bytes(s)).digest())
+    version = "v-" + h.hexdigest()[:12]
+    rows = sorted((r for s in srcs for r in storage.read_records(s)), key=lambda r: r["id"])
+    samples = (shards.Sample(key=r["id"], fields={"json": r["sft_sample"].encode()},
+                             metadata={"prompt_id": r["prompt_id"], "pass_rate": r["pass_rate"], "model": r["model"],
+                                       "answer": r["answer"], "gold": r["gold"]}) for r in rows)
+    schema = pa.schema([("prompt_id", pa.string()), ("pass_rate", pa.float32()), ("model", pa.string()),
+                        ("answer", pa.string()), ("gold", pa.string())])
+    index = shards.write_shards(samples, storage.join(root, "shards", settings.dataset, version), dataset_name=settings.dataset,
+                                lineage=shards.input_lineage(srcs), samples_per_shard=settings.samples_per_shard,
+                                metadata_schema=schema)
+    storage.write_json(storage.join(root, "shards", settings.dataset, "LATEST.json"), {"version": version, "url": index.url})
+    return index
+
+
+def run_rl_pool(root: str, partitions: Sequence[str], settings: ReasoningSettings) -> list[dict]:
+    """Every verified prompt with its pass rate and pool: 'rl', 'easy' (> easy_threshold: MiMo moves
+    those out of RL into a re-sampling pool) or 'unsolved' (pass rate 0: a hard prompt or a bad gold)."""
+    rows = []
+    for p in partitions:
+        stats = {r["prompt_id"]: r for r in storage.read_records(manifest_url(root, "cot_prompt_stats", p))}
+        for prompt in storage.read_records(manifest_url(root, "reasoning_prompts", p)):
+            st = stats.get(prompt["id"])
+            if st is None:
+                continue
+            rows.append(dict(prompt, pass_rate=st["pass_rate"], difficulty=st["difficulty"], pool=st["pool"]))
+    rows.sort(key=lambda r: r["id"])
+    storage.write_records(manifest_url(root, "rl_prompt_pool", CORPUS), rows, POOL_SCHEMA)
+    return rows
+
+
+def _run(argv: Sequence[str], build, test_pipeline=None):  # noqa: ANN001
+    if test_pipeline is not None:
+        build(test_pipeline)
+        return test_pipeline.run()
+    p = beam.Pipeline(options=pipeline_options(argv))
+    build(p)
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (the same functions Dagster's assets call)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.reasoning", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="./data")
+    parser.add_argument("--stages", default="all", help=f"comma-separated, or 'all': {','.join(STAGES)}")
+    parser.add_argument("--partitions", default="", help="drops under landing/reasoning/ (default: all)")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "openai"])
+    parser.add_argument("--model", default="models/tiny-causal-lm", help="checkpoint folder (vllm) or served model name (openai)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server URL (--engine openai)")
+    parser.add_argument("--vision-model", default=None, help="VLM checkpoint for prompts with images (in-process vLLM)")
+    parser.add_argument("--n", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=0)
+    args, beam_argv = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    options = {"dtype": "float32", "enforce_eager": True} if args.engine == "vllm" else {}
+    settings = ReasoningSettings(
+        engine=EngineSpec(args.engine, args.model, base_url=args.base_url, options=options),
+        vision_engine=EngineSpec("vllm", args.vision_model, options={"dtype": "float32", "enforce_eager": True}) if args.vision_model else None,
+        sampling=generation.SamplingParams(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed))
+    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
+    partitions = [p for p in args.partitions.split(",") if p] or list_partitions(args.root)
+    if not partitions:
+        parser.error(f"no drops under {storage.join(args.root, 'landing', TRACK)}")
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if stage in ("prompts", "candidates", "verified"):
+            fn = {"prompts": run_prompts, "candidates": run_candidates, "verified": run_verified}[stage]
+            for part in partitions:
+                fn(args.root, part, settings, beam_argv)
+        elif stage == "sft_shards":
+            index = run_sft_shards(args.root, partitions, settings)
+            print(json.dumps({"url": index.url, "samples": index.num_samples}))
+        else:
+            rows = run_rl_pool(args.root, partitions, settings)
+            print(json.dumps({"prompts": len(rows)}))
+
+
+if __name__ == "__main__":
+    run()
