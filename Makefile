@@ -28,6 +28,7 @@ bench: install      ## benchmarks; tables are written into README.md
 	$(PY) -m bench.bench_neardup
 	$(PY) -m bench.bench_shards
 	$(PY) -m bench.bench_generation
+	$(PY) -m bench.bench_verify
 
 clean:              ## remove the demo data and the Dagster instance's run history
 	rm -rf data dagster_home/history dagster_home/storage dagster_home/schedules dagster_home/*.db dagster_home/logs

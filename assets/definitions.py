@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import image_text
-from assets.resources import BeamResource, ClipModelResource, StorageResource
-from assets.sensors import image_text_drop_sensor, image_text_ingest_job
+from assets import image_text, reasoning
+from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource
+from assets.sensors import image_text_drop_sensor, image_text_ingest_job, reasoning_drop_sensor, reasoning_ingest_job
 
 defs = dg.Definitions(
-    assets=image_text.ASSETS,
-    jobs=[image_text_ingest_job],
-    sensors=[image_text_drop_sensor, dg.AutomationConditionSensorDefinition(
-        "image_text_automation", target=dg.AssetSelection.groups("image_text", "decontamination"),
-        default_status=dg.DefaultSensorStatus.RUNNING)],
-    resources={"storage": StorageResource(), "clip": ClipModelResource(), "beam_runner": BeamResource()},
+    assets=[*image_text.ASSETS, *reasoning.ASSETS],
+    jobs=[image_text_ingest_job, reasoning_ingest_job],
+    sensors=[
+        image_text_drop_sensor,
+        reasoning_drop_sensor,
+        dg.AutomationConditionSensorDefinition(
+            "curation_automation", target=dg.AssetSelection.groups("image_text", "decontamination", "reasoning"),
+            default_status=dg.DefaultSensorStatus.RUNNING),
+    ],
+    resources={
+        "storage": StorageResource(),
+        "clip": ClipModelResource(),
+        "beam_runner": BeamResource(),
+        "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048),
+        "reasoning_llm": GenerationResource(model="models/tiny-causal-lm"),
+    },
 )

@@ -37,9 +37,9 @@ from PIL import Image
 
 from assets import image_text
 from assets.partitions import image_text_drops
-from assets.resources import BeamResource, ClipModelResource, StorageResource, default_root
+from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource, default_root
 from curation import storage
-from curation.models import build_tiny_clip
+from curation.models import build_tiny_causal_lm, build_tiny_clip, build_tiny_qwen2_5_vl
 from pipelines import image_text as pipe
 
 PACKAGE = "tuxpaint-stamps-default"
@@ -158,7 +158,8 @@ def materialize_all(root: str, drops: list[str], instance: dg.DagsterInstance | 
     new = [d for d in drops if d not in known]
     if new:
         instance.add_dynamic_partitions(image_text_drops.name, new)
-    resources = {"storage": StorageResource(root=root), "clip": ClipModelResource(model=clip_model), "beam_runner": BeamResource()}
+    resources = {"storage": StorageResource(root=root), "clip": ClipModelResource(model=clip_model), "beam_runner": BeamResource(),
+                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048)}
     assets = image_text.ASSETS
 
     def run(names: list[str], partition: str | None = None) -> None:
@@ -173,7 +174,7 @@ def materialize_all(root: str, drops: list[str], instance: dg.DagsterInstance | 
         run(["caption_quality", "clip_scores"], d)
     run(["metaclip_entry_counts"])
     for d in drops:
-        run(["metaclip_balanced"], d)
+        run(["metaclip_balanced", "recaptions"], d)
     run(["image_text_shards"])
     return summary(root, drops)
 
@@ -196,7 +197,10 @@ def summary(root: str, drops: list[str]) -> dict:
 
 
 def ensure_models(root: str) -> None:
+    """The tiny random-init models the default resources point at (built once, offline)."""
     build_tiny_clip(storage.local_path(storage.join(root, "models", "clip-tiny")) or "")
+    build_tiny_qwen2_5_vl(storage.local_path(storage.join(root, "models", "tiny-qwen2_5_vl")) or "")
+    build_tiny_causal_lm(storage.local_path(storage.join(root, "models", "tiny-causal-lm")) or "")
 
 
 def main(argv: list[str] | None = None) -> None:

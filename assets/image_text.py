@@ -9,7 +9,7 @@ import numpy as np
 
 from assets.metadata import counter_table, histogram_table, preview_table, rows, stage_metadata
 from assets.partitions import image_text_drops
-from assets.resources import BeamResource, ClipModelResource, StorageResource
+from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource
 from curation import clip_score, metaclip, neardup, phash, shards, text_quality
 from curation import storage as fsio
 from pipelines import image_text as pipe
@@ -292,18 +292,53 @@ def metaclip_balanced(context: dg.AssetExecutionContext, config: BalanceRunConfi
     return _result(context, storage.root, "metaclip_balanced", p, n_in, extra, ("id", "metaclip_entries", "caption"))
 
 
+class RecaptionRunConfig(dg.Config):
+    """VLM re-captioning: sampling and the acceptance checks of curation/recaption.py."""
+
+    max_tokens: int = 96
+    temperature: float = 0.2
+    min_consistency: float = 0.3
+
+
+@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "vllm"}, deps=[metaclip_balanced],
+          check_specs=_checks("recaptions"), automation_condition=EAGER)
+def recaptions(context: dg.AssetExecutionContext, config: RecaptionRunConfig, storage: StorageResource, vlm: GenerationResource,
+               beam_runner: BeamResource) -> dg.MaterializeResult:
+    """Altogether-style re-captions from the VLM (image + original caption); rejected ones keep the original."""
+    from dataclasses import replace
+
+    from curation import generation, recaption
+
+    p = context.partition_key
+    s = settings(recaption_engine=vlm.spec(),
+                 recaption_sampling=generation.SamplingParams(n=1, temperature=config.temperature, max_tokens=config.max_tokens),
+                 recaption=replace(recaption.DEFAULT_CONFIG, min_consistency=config.min_consistency))
+    pipe.run_recaption(storage.root, p, s, beam_runner.argv())
+    kept = rows(manifest_url(storage.root, "recaptions", p))
+    status = Counter(r["recaption_status"] for r in kept)
+    extra = {
+        "vlm": dg.MetadataValue.text(f"{vlm.kind}: {vlm.model}"),
+        "recaption_status": dg.MetadataValue.md(counter_table(status, "status")),
+        "recaptioned": dg.MetadataValue.int(status.get("ok", 0)),
+        "consistency": dg.MetadataValue.md(histogram_table([r["recaption_consistency"] for r in kept
+                                                            if r["recaption_consistency"] is not None], 10, "consistency")),
+    }
+    n_in = _n_rows(manifest_url(storage.root, "metaclip_balanced", p))
+    return _result(context, storage.root, "recaptions", p, n_in, extra, ("id", "caption", "recaption", "recaption_status"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Shards
 
 
-@dg.asset(group_name=GROUP, kinds={"webdataset", "parquet"}, deps=[metaclip_balanced], automation_condition=EAGER,
+@dg.asset(group_name=GROUP, kinds={"webdataset", "parquet"}, deps=[recaptions], automation_condition=EAGER,
           check_specs=[dg.AssetCheckSpec("shard_integrity", asset="image_text_shards"),
                        dg.AssetCheckSpec("non_empty", asset="image_text_shards"),
                        dg.AssetCheckSpec("ids_unique", asset="image_text_shards")])
 def image_text_shards(context: dg.AssetExecutionContext, config: ShardRunConfig, storage: StorageResource,
                       beam_runner: BeamResource) -> dg.MaterializeResult:
     """WebDataset shards (img2dataset layout: tar + parquet + stats json, index.json) of the kept pairs."""
-    parts = _materialized_partitions(context, storage, "metaclip_balanced")
+    parts = _materialized_partitions(context, storage, "recaptions")
     s = settings(samples_per_shard=config.samples_per_shard, max_shard_bytes=config.max_shard_bytes, dataset=config.dataset)
     index = pipe.run_shards(storage.root, parts, s, argv=beam_runner.argv())
     problems = []
@@ -332,4 +367,4 @@ def image_text_shards(context: dg.AssetExecutionContext, config: ShardRunConfig,
 
 
 ASSETS = [image_text_samples, image_phash, benchmark_fingerprints, image_neardup_clusters, caption_quality, clip_scores,
-          metaclip_metadata, metaclip_entry_counts, metaclip_balanced, image_text_shards]
+          metaclip_metadata, metaclip_entry_counts, metaclip_balanced, recaptions, image_text_shards]

@@ -3,3 +3,4 @@
 import dagster as dg
 
 image_text_drops = dg.DynamicPartitionsDefinition(name="image_text_drops")
+reasoning_drops = dg.DynamicPartitionsDefinition(name="reasoning_drops")

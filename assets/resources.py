@@ -45,3 +45,28 @@ class BeamResource(dg.ConfigurableResource):
 
     def argv(self) -> list[str]:
         return [f"--runner={self.runner}", *self.args]
+
+
+class GenerationResource(dg.ConfigurableResource):
+    """A text or vision-language model behind the generation interface.
+
+    kind 'vllm': in-process vLLM over ``model`` (a checkpoint folder, relative to the storage root,
+    or a hub id where a hub is reachable). kind 'openai': any OpenAI-compatible server at ``base_url``
+    serving ``model`` (e.g. `python -m vllm.entrypoints.openai.api_server` on a GPU box).
+    kind 'factory': ``model`` = 'package.module:callable' returning a custom engine.
+    """
+
+    kind: str = "vllm"
+    model: str = "models/tiny-causal-lm"
+    base_url: str | None = None
+    api_key: str | None = None
+    dtype: str = "float32"  # 'bfloat16' on GPUs
+    enforce_eager: bool = True
+    max_model_len: int = 4096
+
+    def spec(self):  # noqa: ANN201 - pipelines.generation.EngineSpec
+        from pipelines.generation import EngineSpec
+
+        options = {"dtype": self.dtype, "enforce_eager": self.enforce_eager, "max_model_len": self.max_model_len} \
+            if self.kind == "vllm" else {}
+        return EngineSpec(self.kind, self.model, base_url=self.base_url, api_key=self.api_key, options=options)

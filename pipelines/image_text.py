@@ -16,7 +16,8 @@ Stages and what they read and write under the storage root (DESIGN.md section 2)
 | clip | per drop | caption_quality | manifests/clip_scores/<drop>.parquet |
 | metaclip_counts | corpus | clip_scores (all drops), metadata | manifests/metaclip_entry_counts/all.parquet |
 | balance | per drop | clip_scores, entry counts | manifests/metaclip_balanced/<drop>.parquet |
-| shards | corpus | metaclip_balanced (all drops) | shards/image_text/<version>/ |
+| recaption | per drop | metaclip_balanced | manifests/recaptions/<drop>.parquet (every record; a rejected re-caption keeps the original) |
+| shards | corpus | recaptions (all drops) | shards/image_text/<version>/ |
 
 Every rejected record goes to quarantine/<asset>/<drop>.parquet with its stage and reason.
 """
@@ -36,7 +37,11 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from curation import clip_score, image_dedup, imaging, ingest, metaclip, neardup, phash, shards, storage, text_quality
+from apache_beam.ml.inference.base import RunInference
+
+from curation import clip_score, generation, image_dedup, imaging, ingest, metaclip, neardup, phash, shards, storage, text_quality
+from curation import recaption as recaption_ops
+from pipelines.generation import EngineSpec, GenerationModelHandler
 from curation.records import content_id, sha256_hex
 from pipelines.common import (
     CurationOptions,
@@ -53,7 +58,7 @@ from pipelines.common import (
 )
 
 TRACK = "image_text"
-STAGES = ("samples", "phash", "fingerprints", "neardup", "quality", "clip", "metaclip_counts", "balance", "shards")
+STAGES = ("samples", "phash", "fingerprints", "neardup", "quality", "clip", "metaclip_counts", "balance", "recaption", "shards")
 ASSET = {  # stage -> asset name (manifest folder)
     "samples": "image_text_samples",
     "phash": "image_phash",
@@ -63,6 +68,7 @@ ASSET = {  # stage -> asset name (manifest folder)
     "clip": "clip_scores",
     "metaclip_counts": "metaclip_entry_counts",
     "balance": "metaclip_balanced",
+    "recaption": "recaptions",
     "shards": "image_text_shards",
 }
 CORPUS = "all"  # partition name of corpus-wide manifests
@@ -110,6 +116,11 @@ class ImageTextSettings:
     metadata_path: str = "models/metaclip/metadata.txt"
     metaclip_t: int | None = None  # None: metaclip.auto_threshold(number of texts)
     metaclip_version: int = 1
+    recaption_engine: EngineSpec = field(default_factory=lambda: EngineSpec(
+        "vllm", "models/tiny-qwen2_5_vl", options={"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}))
+    recaption_sampling: generation.SamplingParams = field(default_factory=lambda: generation.SamplingParams(
+        n=1, temperature=0.2, max_tokens=96, seed=0))
+    recaption: recaption_ops.RecaptionConfig = field(default_factory=recaption_ops.RecaptionConfig)
     samples_per_shard: int = 10_000
     max_shard_bytes: int = 1 << 30
     dataset: str = "image_text"
@@ -729,6 +740,55 @@ def run_balance(root: str, partition: str, settings: ImageTextSettings, argv: Se
     return _run(argv, build, test_pipeline)
 
 
+RECAPTION_FIELDS = [("recaption", pa.string()), ("recaption_status", pa.string()), ("recaption_model", pa.string()),
+                    ("recaption_consistency", pa.float32())]
+
+
+def recaption_request(rec: dict, fetch_limits: ingest.FetchLimits) -> generation.GenerationRequest:
+    """The VLM request for one record: its image and its original caption as the prior."""
+    image = ingest.load_bytes(rec, fetch_limits)
+    return generation.GenerationRequest(messages=recaption_ops.messages_for(rec["caption"] or "", image), request_id=rec["id"])
+
+
+def attach_recaption(pr, records: dict, config: recaption_ops.RecaptionConfig) -> dict:  # noqa: ANN001
+    """Record + re-caption columns: the new caption when it passes the checks, else its reason."""
+    result: generation.GenerationResult = pr.inference
+    rec = records[result.request_id]
+    comp = result.completions[0] if result.completions else None
+    text = recaption_ops.clean(comp.text) if comp else ""
+    verdict = recaption_ops.check_recaption(rec["caption"] or "", text, comp.finish_reason if comp else None, config,
+                                            error=result.error or (None if comp else "no completion"))
+    Metrics.counter(TRACK, "recaption_kept" if verdict.keep else f"recaption_rejected_{verdict.reason}").inc()
+    cons = recaption_ops.consistency(rec["caption"] or "", text) if text else None
+    return dict(rec, recaption=text if verdict.keep else None, recaption_status="ok" if verdict.keep else verdict.reason,
+                recaption_model=result.model, recaption_consistency=cons)
+
+
+def run_recaption(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
+    """Altogether-style re-captioning of every balanced record (nothing is dropped here)."""
+    from dataclasses import replace
+
+    src = manifest_url(root, ASSET["balance"], partition)
+    if not storage.exists(src):
+        raise FileNotFoundError(f"recaption: {src} missing (materialize metaclip_balanced for {partition} first)")
+    spec = settings.recaption_engine
+    if spec.kind == "vllm" and not spec.model.startswith("/") and storage.exists(storage.join(root, spec.model)):
+        spec = replace(spec, model=storage.local_path(storage.join(root, spec.model)) or spec.model)
+    spec = replace(spec, cache_url=spec.cache_url or storage.join(root, "cache", "generation.sqlite"))
+    schema = extend_schema(read_schema(src), RECAPTION_FIELDS)
+    handler = GenerationModelHandler(spec, settings.recaption_sampling, max_batch_size=32)
+
+    def build(p):  # noqa: ANN001
+        records = p | "Read" >> beam.io.ReadFromParquet(src)
+        by_id = records | "ById" >> beam.Map(lambda r: (r["id"], r))
+        results = (records | "Requests" >> beam.Map(recaption_request, settings.fetch_limits)
+                   | "Generate" >> RunInference(handler))
+        out = results | "Attach" >> beam.Map(attach_recaption, beam.pvalue.AsDict(by_id), settings.recaption)
+        out | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["recaption"], partition), schema)
+
+    return _run(argv, build, test_pipeline)
+
+
 def shard_version(srcs: Sequence[str], settings: ImageTextSettings) -> str:
     """A content version for the shard set: hash of the input manifests' bytes and the shard settings."""
     h = hashlib.sha256()
@@ -747,24 +807,27 @@ def _sample_for_shard(rec: dict, fetch_limits: ingest.FetchLimits) -> shards.Sam
         "width": rec["width"], "height": rec["height"], "sha256": rec["sha256"], "phash": f"{int(rec['phash']):016x}",
         "clip_score": rec.get("clip_score"), "metaclip_entries": list(rec.get("metaclip_entries") or []),
     }
-    for col in ("recaption", "recaption_model"):
+    for col in ("recaption", "recaption_model", "recaption_status"):
         if rec.get(col):
             meta[col] = rec[col]
     files = {ext: data, "txt": (rec.get("recaption") or rec["caption"]).encode("utf-8"),
              "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")}
+    if rec.get("recaption"):
+        files["original.txt"] = rec["caption"].encode("utf-8")  # txt holds the re-caption, the original stays
     return shards.Sample(key=rec["id"], fields=files, metadata={**meta, "recaption": meta.get("recaption"),
-                                                                 "recaption_model": meta.get("recaption_model")})
+                                                                 "recaption_model": meta.get("recaption_model"),
+                                                                 "recaption_status": meta.get("recaption_status")})
 
 
 SHARD_METADATA_SCHEMA = pa.schema([
     ("id", pa.string()), ("caption", pa.string()), ("source_key", pa.string()), ("partition", pa.string()),
     ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()), ("phash", pa.string()),
     ("clip_score", pa.float32()), ("metaclip_entries", pa.list_(pa.string())),
-    ("recaption", pa.string()), ("recaption_model", pa.string()),
+    ("recaption", pa.string()), ("recaption_model", pa.string()), ("recaption_status", pa.string()),
 ])
 
 
-def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings, upstream: str = ASSET["balance"],
+def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings, upstream: str = ASSET["recaption"],
                argv: Sequence[str] = (), test_pipeline=None) -> shards.ShardIndex:  # noqa: ANN001
     """Write the shard set of every accepted sample, sorted by id (identical bytes on a re-run).
 
@@ -806,6 +869,13 @@ def ensure_defaults(root: str, settings: ImageTextSettings, stages: Sequence[str
         if not storage.exists(storage.join(path, "open_clip_config.json")):
             logging.info("building the tiny random-init CLIP model at %s (set --clip-model for a real one)", path)
             build_tiny_clip(path)
+    if "recaption" in stages and settings.recaption_engine == ImageTextSettings().recaption_engine:
+        from curation.models import build_tiny_qwen2_5_vl
+
+        path = storage.local_path(storage.join(root, settings.recaption_engine.model))
+        if path and not storage.exists(storage.join(path, "config.json")):
+            logging.info("building the tiny random-init Qwen2.5-VL at %s (set a real VLM for real captions)", path)
+            build_tiny_qwen2_5_vl(path)
     if ("metaclip_counts" in stages or "balance" in stages) and not storage.exists(settings.resolve(root, settings.metadata_path)):
         path = settings.resolve(root, settings.metadata_path)
         logging.info("building the default MetaCLIP metadata at %s", path)
@@ -849,8 +919,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa:
         if stage not in stages:
             continue
         logging.info("stage %s over %d drop(s)", stage, len(partitions))
-        if stage in ("samples", "phash", "quality", "clip", "balance"):
-            fn = {"samples": run_samples, "phash": run_phash, "quality": run_quality, "clip": run_clip, "balance": run_balance}[stage]
+        if stage in ("samples", "phash", "quality", "clip", "balance", "recaption"):
+            fn = {"samples": run_samples, "phash": run_phash, "quality": run_quality, "clip": run_clip, "balance": run_balance,
+                  "recaption": run_recaption}[stage]
             for part in partitions:
                 fn(args.root, part, settings, beam_argv)
         elif stage == "fingerprints":

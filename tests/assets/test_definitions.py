@@ -12,7 +12,8 @@ from assets.resources import StorageResource
 from assets.sensors import image_text_drop_sensor
 
 IMAGE_TEXT = ["image_text_samples", "image_phash", "image_neardup_clusters", "caption_quality", "clip_scores",
-              "metaclip_metadata", "metaclip_entry_counts", "metaclip_balanced", "image_text_shards"]
+              "metaclip_metadata", "metaclip_entry_counts", "metaclip_balanced", "recaptions", "image_text_shards"]
+REASONING = ["reasoning_prompts", "cot_candidates", "cot_verified", "reasoning_sft_shards", "rl_prompt_pool"]
 
 
 def test_definitions_load_with_groups_and_partitions() -> None:
@@ -24,7 +25,11 @@ def test_definitions_load_with_groups_and_partitions() -> None:
         node = graph.get(dg.AssetKey(name))
         assert node.group_name == "image_text"
     partitioned = {n for n in IMAGE_TEXT if graph.get(dg.AssetKey(n)).partitions_def is not None}
-    assert partitioned == {"image_text_samples", "image_phash", "caption_quality", "clip_scores", "metaclip_balanced"}
+    assert partitioned == {"image_text_samples", "image_phash", "caption_quality", "clip_scores", "metaclip_balanced", "recaptions"}
+    for name in REASONING:
+        assert graph.get(dg.AssetKey(name)).group_name == "reasoning"
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("image_text_shards")).parent_keys}
+    assert parents == {"recaptions"}
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("image_neardup_clusters")).parent_keys}
     assert parents == {"image_phash", "benchmark_fingerprints"}
 

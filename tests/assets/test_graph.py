@@ -12,7 +12,6 @@ import pytest
 
 from assets import demo
 from curation import shards, storage
-from curation.models import build_tiny_clip
 from pipelines.common import manifest_url, quarantine_url
 
 
@@ -39,7 +38,7 @@ def _digest(folder: str) -> dict[str, str]:
 def test_graph_twice_gives_identical_shards(tmp_path: Path, shared_data: Path) -> None:
     root = tmp_path / "root"
     drops = _drops(root, shared_data)
-    build_tiny_clip(root / "models" / "clip-tiny")
+    demo.ensure_models(str(root))
     with dg.instance_for_test() as instance:
         first = demo.materialize_all(str(root), drops, instance=instance)
         url = first["shards"]

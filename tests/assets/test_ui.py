@@ -36,7 +36,7 @@ DROPS = ["drop-0001-folder", "drop-0002-webdataset", "drop-0003-jsonl"]
 BACKFILLED = DROPS[:2]
 BACKFILL_ASSETS = ["image_text_samples", "image_phash"]
 IMAGE_TEXT_GROUP = {"image_text_samples", "image_phash", "image_neardup_clusters", "caption_quality", "clip_scores",
-                    "metaclip_metadata", "metaclip_entry_counts", "metaclip_balanced", "image_text_shards"}
+                    "metaclip_metadata", "metaclip_entry_counts", "metaclip_balanced", "recaptions", "image_text_shards"}
 # Generous: other test sessions share the 2 cores.
 STARTUP_TIMEOUT_S = 120
 BACKFILL_TIMEOUT_S = 200
@@ -299,7 +299,7 @@ def test_code_location_serves_image_text_group(dagster_dev: Dagster) -> None:
     assert set(by_key) == IMAGE_TEXT_GROUP
     assert all(n["groupName"] == "image_text" for n in nodes)
     partitioned = {k for k, n in by_key.items() if n["isPartitioned"]}
-    assert partitioned == {"image_text_samples", "image_phash", "caption_quality", "clip_scores", "metaclip_balanced"}
+    assert partitioned == {"image_text_samples", "image_phash", "caption_quality", "clip_scores", "metaclip_balanced", "recaptions"}
     # The registered dynamic partitions are visible to the webserver.
     assert {by_key[k]["partitionStats"]["numPartitions"] for k in partitioned} == {len(DROPS)}
 
@@ -355,7 +355,7 @@ def test_lineage_page_renders(dagster_dev: Dagster, backfill: dict, tmp_path: Pa
     assert "Join the Dagster community" not in dom
     # The two backfilled assets show 2 of 3 partitions filled; the per-drop assets downstream none.
     assert dom.count("66% filled") == 2
-    assert dom.count("0% filled") == 3
+    assert dom.count("0% filled") == 4  # caption_quality, clip_scores, metaclip_balanced, recaptions
 
 
 def test_backfill_page_renders(dagster_dev: Dagster, backfill: dict, tmp_path: Path) -> None:

@@ -14,43 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from curation import generation, storage
+from curation import storage
 from pipelines import reasoning as pipe
 from pipelines.common import manifest_url, quarantine_url
 from pipelines.generation import EngineSpec
 
-GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "math" / "gsm8k" / "test.jsonl"
-
-
-def _gold(answer: str) -> str:
-    return answer.split("####")[-1].strip().replace(",", "")
-
-
-class ScriptedEngine:
-    """Answers GSM8K questions by lookup, with a fixed pattern of good and bad samples."""
-
-    model_id = "scripted"
-
-    def __init__(self) -> None:
-        rows = [json.loads(x) for x in GSM8K.read_text().splitlines()]
-        self.gold = {r["question"].strip(): _gold(r["answer"]) for r in rows}
-
-    def generate(self, requests, params):  # noqa: ANN001
-        out = []
-        for req in requests:
-            text = req.messages[-1]["content"]
-            g = next(v for q, v in self.gold.items() if q in text)
-            think = "<think>Let me work through the quantities step by step and check the arithmetic.</think>"
-            samples = [
-                (f"{think} The answer is \\boxed{{{g}}}.", "stop"),
-                (f"{think} The answer is \\boxed{{{int(float(g)) + 1}}}.", "stop"),
-                (f"{think} The answer is \\boxed{{{g}}}", "length"),
-                (f"The answer is \\boxed{{{g}}}. I computed it directly without writing reasoning.", "stop"),
-            ][: params.n]
-            out.append(generation.GenerationResult(
-                request_id=req.request_id, model=self.model_id,
-                completions=[generation.Completion(t, f, 10, 20) for t, f in samples]))
-        return out
+from scripted_engine import GSM8K
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +37,7 @@ def root(tmp_path_factory) -> Path:
     return root
 
 
-SETTINGS = pipe.ReasoningSettings(engine=EngineSpec("factory", "test_reasoning_pipeline:ScriptedEngine"), verify_workers=1)
+SETTINGS = pipe.ReasoningSettings(engine=EngineSpec("factory", "scripted_engine:ScriptedEngine"), verify_workers=1)
 
 
 def test_prompts_are_checked_with_reasons(root: Path) -> None:
