@@ -1,5 +1,6 @@
-"""Sensors: every new drop folder under landing/image_text/ becomes a partition and starts ingest."""
+"""Sensors: every new drop folder under landing/<track>/ becomes a partition and starts its first run."""
 
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -14,34 +15,31 @@ image_text_ingest_job = dg.define_asset_job(
     partitions_def=image_text_drops,
     description="Ingest, validate and hash one drop (downstream assets follow by automation).",
 )
-
-
-@dg.sensor(job=image_text_ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def image_text_drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
-    """Registers each new folder in landing/image_text/ as a partition and requests its ingest run."""
-    known = set(context.instance.get_dynamic_partitions(image_text_drops.name))
-    new = [p for p in pipe.list_partitions(storage.root) if p not in known]
-    if not new:
-        return dg.SensorResult(skip_reason=f"no new drops ({len(known)} known)")
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=p, run_key=f"drop:{p}") for p in new],
-        dynamic_partitions_requests=[image_text_drops.build_add_request(new)],
-    )
-
-
 reasoning_ingest_job = dg.define_asset_job(
     "reasoning_ingest", selection=dg.AssetSelection.assets("reasoning_prompts"), partitions_def=reasoning_drops,
     description="Load and check the prompts of one drop (sampling and verification follow by automation).")
 
 
-@dg.sensor(job=reasoning_ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def reasoning_drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
-    """Registers each new folder in landing/reasoning/ as a partition and requests its prompt run."""
-    known = set(context.instance.get_dynamic_partitions(reasoning_drops.name))
-    new = [p for p in reasoning_pipe.list_partitions(storage.root) if p not in known]
-    if not new:
-        return dg.SensorResult(skip_reason=f"no new drops ({len(known)} known)")
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=p, run_key=f"drop:{p}") for p in new],
-        dynamic_partitions_requests=[reasoning_drops.build_add_request(new)],
-    )
+def drop_sensor(name: str, job, partitions_def: dg.DynamicPartitionsDefinition,  # noqa: ANN001 - an asset job
+                list_drops: Callable[[str], list[str]], track: str) -> dg.SensorDefinition:
+    """A sensor that registers each new folder of landing/<track>/ as a partition and requests its run."""
+
+    @dg.sensor(name=name, job=job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Registers each new folder in landing/{track}/ as a partition and requests its first run.")
+    def _sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+        known = set(context.instance.get_dynamic_partitions(partitions_def.name))
+        new = [p for p in list_drops(storage.root) if p not in known]
+        if not new:
+            return dg.SensorResult(skip_reason=f"no new drops ({len(known)} known)")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(partition_key=p, run_key=f"drop:{p}") for p in new],
+            dynamic_partitions_requests=[partitions_def.build_add_request(new)],
+        )
+
+    return _sensor
+
+
+image_text_drop_sensor = drop_sensor("image_text_drop_sensor", image_text_ingest_job, image_text_drops,
+                                     pipe.list_partitions, "image_text")
+reasoning_drop_sensor = drop_sensor("reasoning_drop_sensor", reasoning_ingest_job, reasoning_drops,
+                                    reasoning_pipe.list_partitions, "reasoning")

@@ -38,6 +38,18 @@ def pipeline_options(argv: Sequence[str] | None, **overrides) -> PipelineOptions
     return opts
 
 
+def run_pipeline(argv: Sequence[str] | None, build, test_pipeline=None):  # noqa: ANN001
+    """Build a pipeline with ``build(p)`` and run it to completion (on ``test_pipeline`` in tests)."""
+    if test_pipeline is not None:
+        build(test_pipeline)
+        return test_pipeline.run()
+    p = beam.Pipeline(options=pipeline_options(argv))
+    build(p)
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
 def manifest_url(root: str, asset: str, partition: str) -> str:
     return storage.join(root, "manifests", asset, f"{partition}.parquet")
 

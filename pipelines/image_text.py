@@ -49,11 +49,11 @@ from pipelines.common import (
     extend_schema,
     format_exception,
     manifest_url,
-    pipeline_options,
     quarantine_schema,
     quarantine_url,
     quarantined,
     read_schema,
+    run_pipeline,
     split_dofn,
 )
 
@@ -525,18 +525,6 @@ BALANCE_FIELDS = [("metaclip_entries", pa.list_(pa.string()))]
 # Stage runners: each builds and runs one Beam pipeline.
 
 
-def _run(pipeline_argv: Sequence[str], build, test_pipeline=None) -> beam.runners.runner.PipelineResult | None:  # noqa: ANN001
-    """Build a pipeline with ``build(p)`` and run it to completion; return the result."""
-    if test_pipeline is not None:
-        build(test_pipeline)
-        return test_pipeline.run()
-    p = beam.Pipeline(options=pipeline_options(pipeline_argv))
-    build(p)
-    result = p.run()
-    result.wait_until_finish()
-    return result
-
-
 def _read(p, url: str, label: str):  # noqa: ANN001
     return p | label >> beam.io.ReadFromParquet(url)
 
@@ -551,7 +539,7 @@ def run_samples(root: str, partition: str, settings: ImageTextSettings, argv: Se
         ok, bad = p | "Ingest" >> IngestDrop(root, partition, settings)
         _write_split(ok, bad, root, ASSET["samples"], partition, SAMPLE_SCHEMA)
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 def _per_partition(stage: str, upstream: str, fields, transform_factory):  # noqa: ANN001
@@ -567,7 +555,7 @@ def _per_partition(stage: str, upstream: str, fields, transform_factory):  # noq
             ok, bad = _read(p, src, "Read") | stage.capitalize() >> transform_factory(root, settings)
             _write_split(ok, bad, root, ASSET[stage], partition, schema)
 
-        return _run(argv, build, test_pipeline)
+        return run_pipeline(argv, build, test_pipeline)
 
     return run_stage
 
@@ -600,7 +588,7 @@ def run_fingerprints(root: str, settings: ImageTextSettings, argv: Sequence[str]
         ok, bad = (p | "Benchmarks" >> beam.Create(refs)) | "Hash" >> ComputePHash(settings)
         _write_split(ok, bad, root, ASSET["fingerprints"], CORPUS, FINGERPRINT_SCHEMA)
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 def _row_count(url: str) -> int:
@@ -676,7 +664,7 @@ def run_neardup(root: str, partitions: Sequence[str], settings: ImageTextSetting
         )
         tagged | "WritePairs" >> WriteManifest(manifest_url(root, ASSET["neardup"], "_pairs"), pair_schema)
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 def run_metaclip_counts(root: str, partitions: Sequence[str], settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
@@ -705,7 +693,7 @@ def run_metaclip_counts(root: str, partitions: Sequence[str], settings: ImageTex
             {"n_texts": acc[1], "n_entries_matched": len(acc[0]), "metadata": metadata_path,
              "metadata_version": metaclip.metadata_version(entries)}))
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 def metaclip_threshold(root: str, settings: ImageTextSettings) -> tuple[int, int]:
@@ -737,7 +725,7 @@ def run_balance(root: str, partition: str, settings: ImageTextSettings, argv: Se
         )
         _write_split(r.ok, r.quarantine, root, ASSET["balance"], partition, schema)
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 RECAPTION_FIELDS = [("recaption", pa.string()), ("recaption_status", pa.string()), ("recaption_model", pa.string()),
@@ -786,7 +774,7 @@ def run_recaption(root: str, partition: str, settings: ImageTextSettings, argv: 
         out = results | "Attach" >> beam.Map(attach_recaption, beam.pvalue.AsDict(by_id), settings.recaption)
         out | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["recaption"], partition), schema)
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 def shard_version(srcs: Sequence[str], settings: ImageTextSettings) -> str:

@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from curation import generation, reasoning, shards, storage
-from pipelines.common import WriteManifest, manifest_url, pipeline_options, quarantine_schema, quarantine_url, quarantined, split_dofn
+from pipelines.common import WriteManifest, manifest_url, quarantine_schema, quarantine_url, quarantined, run_pipeline, split_dofn
 from pipelines.generation import EngineSpec, GenerationModelHandler
 
 TRACK = "reasoning"
@@ -151,7 +151,7 @@ def run_prompts(root: str, partition: str, settings: ReasoningSettings, argv: Se
         ok | "WriteManifest" >> WriteManifest(manifest_url(root, "reasoning_prompts", partition), PROMPT_SCHEMA)
         bad | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "reasoning_prompts", partition), quarantine_schema(PROMPT_SCHEMA))
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def run_candidates(root: str, partition: str, settings: ReasoningSettings, argv:
         rows | "WriteManifest" >> WriteManifest(manifest_url(root, "cot_candidates", partition), CANDIDATE_SCHEMA)
         skipped | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "cot_candidates", partition), quarantine_schema(CANDIDATE_SCHEMA))
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def run_verified(root: str, partition: str, settings: ReasoningSettings, argv: S
         r.stats | "WriteStats" >> WriteManifest(manifest_url(root, "cot_prompt_stats", partition), STATS_SCHEMA)
         r.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "cot_verified", partition), quarantine_schema(VERIFIED_SCHEMA))
 
-    return _run(argv, build, test_pipeline)
+    return run_pipeline(argv, build, test_pipeline)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,17 +339,6 @@ def run_rl_pool(root: str, partitions: Sequence[str], settings: ReasoningSetting
     rows.sort(key=lambda r: r["id"])
     storage.write_records(manifest_url(root, "rl_prompt_pool", CORPUS), rows, POOL_SCHEMA)
     return rows
-
-
-def _run(argv: Sequence[str], build, test_pipeline=None):  # noqa: ANN001
-    if test_pipeline is not None:
-        build(test_pipeline)
-        return test_pipeline.run()
-    p = beam.Pipeline(options=pipeline_options(argv))
-    build(p)
-    result = p.run()
-    result.wait_until_finish()
-    return result
 
 
 def run(argv: Sequence[str] | None = None) -> None:
