@@ -145,6 +145,17 @@ def _is_image_item(item: Any) -> bool:
     return isinstance(item, dict) and (item.get("type") == "image" or ("image" in item and "type" not in item))
 
 
+def map_image_items(messages: list[dict], convert: Any) -> list[dict]:
+    """Messages with every image item of list contents replaced by ``convert(image bytes)``."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            m = {**m, "content": [convert(it["image"]) if _is_image_item(it) else it for it in content]}
+        out.append(m)
+    return out
+
+
 def resolve_messages(request: GenerationRequest) -> list[dict]:
     """The request's messages with every image item as ``{"type": "image", "image": <bytes>}``.
 
@@ -363,19 +374,7 @@ class VLLMEngine:
 
     @staticmethod
     def _vllm_messages(messages: list[dict]) -> list[dict]:
-        out = []
-        for m in messages:
-            content = m.get("content")
-            if isinstance(content, list):
-                items = []
-                for it in content:
-                    if _is_image_item(it):
-                        items.append({"type": "image_pil", "image_pil": _pil(it["image"])})
-                    else:
-                        items.append(it)
-                m = {**m, "content": items}
-            out.append(m)
-        return out
+        return map_image_items(messages, lambda data: {"type": "image_pil", "image_pil": _pil(data)})
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
         if not requests:
@@ -439,19 +438,7 @@ def _data_uri(data: bytes) -> str:
 
 def openai_messages(messages: list[dict]) -> list[dict]:
     """Resolved messages in the OpenAI chat format (image items as base64 data URIs)."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            items = []
-            for it in content:
-                if _is_image_item(it):
-                    items.append({"type": "image_url", "image_url": {"url": _data_uri(it["image"])}})
-                else:
-                    items.append(it)
-            m = {**m, "content": items}
-        out.append(m)
-    return out
+    return map_image_items(messages, lambda data: {"type": "image_url", "image_url": {"url": _data_uri(data)}})
 
 
 class OpenAIEngine:
