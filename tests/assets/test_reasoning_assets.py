@@ -29,7 +29,7 @@ def _root(tmp_path: Path, n: int) -> Path:
 
 def _materialize(root: Path, llm: GenerationResource, run_config: dict | None = None) -> None:
     resources = {"storage": StorageResource(root=str(root)), "beam_runner": BeamResource(), "reasoning_llm": llm,
-                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl")}
+                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048)}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(reasoning_drops.name, ["gsm8k-0001"])
         for names, part in ((["reasoning_prompts", "cot_candidates", "cot_verified"], "gsm8k-0001"),
@@ -65,3 +65,24 @@ def test_reasoning_assets_with_real_tiny_model(tmp_path: Path) -> None:
     _materialize(root, GenerationResource(model="models/tiny-causal-lm"), config)
     again = storage.read_records(manifest_url(str(root), "cot_candidates", "gsm8k-0001"))
     assert all(c["cached"] for c in again) and sorted(c["text"] for c in again) == sorted(c["text"] for c in cands)
+
+
+@pytest.mark.slow
+def test_visual_prompts_go_through_the_vlm(tmp_path: Path, shared_data: Path) -> None:
+    """TabMWP questions whose table is an image: routed to the VLM with the image attached."""
+    from assets.demo import ensure_models
+
+    tab = shared_data / "math" / "visual_tabmwp"
+    rows = [json.loads(x) for x in (tab / "test300.jsonl").read_text().splitlines()][:3]
+    drop = tmp_path / "landing" / "reasoning" / "gsm8k-0001"
+    drop.mkdir(parents=True)
+    (drop / "tabmwp.jsonl").write_text("".join(json.dumps(
+        {"question": r["question"], "answer": r["answer"], "image": str(tab / r["image"])}) + "\n" for r in rows))
+    ensure_models(str(tmp_path))
+    config = {"ops": {"cot_candidates": {"config": {"n": 1, "max_tokens": 16}}}}
+    _materialize(tmp_path, GenerationResource(model="models/tiny-causal-lm"), config)
+    prompts = storage.read_records(manifest_url(str(tmp_path), "reasoning_prompts", "gsm8k-0001"))
+    assert [len(p["images"]) for p in prompts] == [1, 1, 1]
+    cands = storage.read_records(manifest_url(str(tmp_path), "cot_candidates", "gsm8k-0001"))
+    assert len(cands) == 3 and all(c["error"] is None for c in cands)
+    assert {Path(c["model"]).name for c in cands} == {"tiny-qwen2_5_vl"}
