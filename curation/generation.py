@@ -334,6 +334,12 @@ class VLLMEngine:
                     # start-up (default 0.92: fails beside any other process); the KV cache itself is
                     # sized by VLLM_CPU_KVCACHE_SPACE, so a modest fraction loses nothing.
                     kwargs["gpu_memory_utilization"] = CPU_MEMORY_UTILIZATION
+                if "enable_chunked_prefill" not in kwargs and not _has_cuda():
+                    # vllm-cpu 0.32: when the prefill of a seeded request is chunked, the runner
+                    # rewinds the request's generator with set_offset, which CPU generators lack
+                    # ("RuntimeError: CPU Generator does not use offset") and the engine dies.
+                    # Chunking happens only under batching pressure, so the failure was intermittent.
+                    kwargs["enable_chunked_prefill"] = False
                 if self.limit_mm_per_prompt is not None:
                     kwargs["limit_mm_per_prompt"] = self.limit_mm_per_prompt
                 if self.max_model_len is not None:
