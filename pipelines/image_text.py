@@ -152,6 +152,15 @@ def list_partitions(root: str) -> list[str]:
                   and not p.rstrip("/").rsplit("/", 1)[-1].startswith("."))
 
 
+def drop_relative_key(source_key: str, drop_url: str, partition: str) -> str:
+    """The source key as ``<drop>/<path inside the drop>``: ids must not change when the storage
+    root moves (a copied or re-mounted landing area gives the same ids, hence the same draws)."""
+    for prefix in (drop_url.rstrip("/") + "/", (storage.local_path(drop_url) or "").rstrip("/") + "/"):
+        if prefix != "/" and source_key.startswith(prefix):
+            return f"{partition}/{source_key[len(prefix):]}"
+    return source_key  # URLs and paths outside the drop stay as they are
+
+
 class InspectSample(beam.DoFn):
     """Load the bytes of a reference, sniff and validate the header, give it its stable id."""
 
@@ -184,7 +193,8 @@ class InspectSample(beam.DoFn):
                 storage.write_bytes(blob, data)
             rec.update(uri=blob, byte_offset=-1, byte_size=-1)
         info = imaging.inspect_image(data, self.settings.image_limits)
-        rec.update(id=content_id(data, ref["source_key"]), sha256=digest, n_bytes=len(data),
+        rec.update(id=content_id(data, drop_relative_key(ref["source_key"], landing_url(self.root, self.partition), self.partition)),
+                   sha256=digest, n_bytes=len(data),
                    format=info.format, width=info.oriented_width, height=info.oriented_height)
         if not info.ok:
             self.bad.inc()

@@ -112,3 +112,16 @@ def test_cli_help_runs() -> None:
 
     out = subprocess.run([sys.executable, "-m", "pipelines.image_text", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--stages" in out.stdout and "FnApiRunner" not in out.stderr
+
+
+def test_record_ids_do_not_depend_on_where_the_root_lives(tmp_path: Path, shared_data: Path) -> None:
+    img = shared_data / "image_caption/coco_mini/images/val2017/000000000139.jpg"
+    ids = []
+    for root in (tmp_path / "one", tmp_path / "elsewhere" / "two"):
+        d = root / "landing" / "image_text" / "drop"
+        d.mkdir(parents=True)
+        (d / "a.jpg").write_bytes(img.read_bytes())
+        (d / "a.txt").write_text("A living room.")
+        pipe.run_samples(str(root), "drop", SETTINGS)
+        ids.append([r["id"] for r in storage.read_records(manifest_url(str(root), "image_text_samples", "drop"))])
+    assert ids[0] == ids[1] and len(ids[0]) == 1
