@@ -13,8 +13,9 @@ command -v "$PY" >/dev/null || PY=python3
 
 log() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
-# 1. System packages: ffmpeg (video), wordnet-base (MetaCLIP entries), chromium (UI test).
-APT_PKGS=(ffmpeg wordnet-base chromium)
+# 1. System packages: ffmpeg (video), wordnet-base (MetaCLIP entries), chromium (UI test),
+#    tesseract (OCR of scanned PDF pages).
+APT_PKGS=(ffmpeg wordnet-base chromium tesseract-ocr tesseract-ocr-eng)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
