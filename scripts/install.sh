@@ -40,6 +40,9 @@ want=$(cat "$REQ" scripts/install.sh scripts/cpu_fix/vlm_torchvision_cpu_fix.py 
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   FIND_LINKS=()
   [ -d /opt/wheels ] && FIND_LINKS=(--find-links /opt/wheels)  # the local CPU torch wheel
+  # pip 23's resolver fails on this set ("Candidate is not for this requirement lxml[html-clean]",
+  # two spellings of one extra); a current pip resolves it.
+  "${PIP[@]}" install -q "${FIND_LINKS[@]}" "pip==26.3"
   log "pip install -r $REQ (first time: ~3 GB, a few minutes)"
   "${PIP[@]}" install -q "${FIND_LINKS[@]}" -r "$REQ"
   if [ "${VLM_INSTALL:-cpu}" = cpu ]; then
