@@ -45,7 +45,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from curation.records import KEEP, Verdict, drop
@@ -79,32 +79,13 @@ NODE_CONFIG = CaptionQualityConfig(
 # Headings are short by nature ("Etymology"): no lower word bound, and the special-character bound
 # of short texts (whitespace counts as special: "TERROR LEVEL 100" scores 0.31; 0.45 as for
 # captions, see curation.text_quality). On the 181 benchmark pages 0.3 dropped 47 headings.
-HEADING_CONFIG = CaptionQualityConfig(
-    min_words=1,
-    max_words=1000,
-    min_chars=0,
-    max_chars=None,
-    max_special_ratio=0.45,
-    max_char_repetition=0.1,
-    max_word_repetition=0.1,
-    allowed_languages=None,
-    min_stopword_ratio=None,
-)
+HEADING_CONFIG = replace(NODE_CONFIG, min_words=1, max_special_ratio=0.45)
 
 # Tables (HTML text elements with role "table", PDF elements of type "table") are rows of cells
 # joined by "|": symbols, digits and repeated cells by design, so only emptiness and the word
 # bounds apply (OBELICS has no tables; its paragraph bounds would drop nearly all of them).
-TABLE_CONFIG = CaptionQualityConfig(
-    min_words=2,
-    max_words=1000,
-    min_chars=0,
-    max_chars=None,
-    max_special_ratio=None,
-    max_char_repetition=None,
-    max_word_repetition=None,
-    allowed_languages=None,
-    min_stopword_ratio=None,
-)
+TABLE_CONFIG = replace(NODE_CONFIG, min_words=2, max_special_ratio=None, max_char_repetition=None,
+                       max_word_repetition=None)
 
 # Checks in the order check_document applies them (first failing gives the reason).
 DOC_CHECK_ORDER: tuple[str, ...] = (
