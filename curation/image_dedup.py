@@ -22,17 +22,6 @@ def precedence(rec: dict) -> tuple:
             -len(rec.get("caption") or ""), rec["id"])
 
 
-def exact_groups(records: Sequence[dict]) -> list[dict]:
-    """Decide exact duplicates (same sha256): one representative per content, others dropped."""
-    by_sha: dict[str, list[dict]] = {}
-    for r in records:
-        by_sha.setdefault(r["sha256"], []).append(r)
-    out = []
-    for group in by_sha.values():
-        out.extend(decide_exact(group))
-    return out
-
-
 def decide_exact(group: Sequence[dict]) -> list[dict]:
     """One sha256 group: the representative gets ``_decision='keep'``, the rest 'exact_duplicate'."""
     group = sorted(group, key=precedence)

@@ -137,8 +137,3 @@ def quarantined(record: dict, stage: str, reason: str, error: str | None = None)
 
 def format_exception(e: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]
-
-
-def flatten_records(batches: Iterable[list[dict]]) -> Iterable[dict]:
-    for b in batches:
-        yield from b
