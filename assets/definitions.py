@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import image_text, reasoning
+from assets import image_text, reasoning, training
 from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource
 from assets.sensors import image_text_drop_sensor, image_text_ingest_job, reasoning_drop_sensor, reasoning_ingest_job
 
 defs = dg.Definitions(
-    assets=[*image_text.ASSETS, *reasoning.ASSETS],
+    assets=[*image_text.ASSETS, *reasoning.ASSETS, *training.ASSETS],
     jobs=[image_text_ingest_job, reasoning_ingest_job],
     sensors=[
         image_text_drop_sensor,
@@ -17,6 +17,10 @@ defs = dg.Definitions(
         dg.AutomationConditionSensorDefinition(
             "curation_automation", target=dg.AssetSelection.groups("image_text", "decontamination", "reasoning"),
             default_status=dg.DefaultSensorStatus.RUNNING),
+        # Training follows new shards only when a user turns this on: a stage is hours of accelerator time.
+        dg.AutomationConditionSensorDefinition(
+            "training_automation", target=dg.AssetSelection.groups("training"),
+            default_status=dg.DefaultSensorStatus.STOPPED),
     ],
     resources={
         "storage": StorageResource(),
@@ -24,5 +28,6 @@ defs = dg.Definitions(
         "beam_runner": BeamResource(),
         "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048),
         "reasoning_llm": GenerationResource(model="models/tiny-causal-lm"),
+        "trainer": training.TrainerResource(),
     },
 )

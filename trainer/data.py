@@ -343,6 +343,10 @@ class Encoder:
         self.im_end = tok.convert_tokens_to_ids("<|im_end|>")
         self.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
         self.video_token_id = tok.convert_tokens_to_ids("<|video_pad|>")
+        # Vision tokens are inputs, never targets, even inside an assistant turn (interleaved documents
+        # put their images in the assistant turn so that all of the document's text is a target).
+        self.vision_ids = torch.tensor([tok.convert_tokens_to_ids(t) for t in
+                                        ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")])
         self.assistant_ids = tok("assistant", add_special_tokens=False).input_ids
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
         self.eos_text = tok.eos_token or "<|im_end|>"
@@ -447,6 +451,7 @@ class Encoder:
             enc = self._process(text, images)
             ids = enc["input_ids"][0]
             mask = torch.tensor(self.assistant_mask(ids.tolist()), dtype=torch.bool)
+            mask &= ~torch.isin(ids, self.vision_ids)
             labels = torch.where(mask, ids, torch.full_like(ids, IGNORE_INDEX))
             pixel_values, grid = enc.get("pixel_values"), enc.get("image_grid_thw")
         if (ids == self.video_token_id).any():

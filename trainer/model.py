@@ -86,3 +86,29 @@ def param_counts(model: torch.nn.Module) -> dict[str, ParamCount]:
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def module_of(name: str) -> str:
+    """The canonical module (``MODULES``, most specific first) a parameter name belongs to, or ``other``."""
+    for m in sorted(MODULES, key=len, reverse=True):
+        if name == m or name.startswith(m + "."):
+            return m
+    return "other"
+
+
+def weight_changes(before: str, after: str, dtype: str = "float32") -> dict[str, dict[str, int]]:
+    """Per canonical module: how many parameter tensors changed bitwise between two checkpoints and how
+    many are unchanged. The proof of a stage's freezing: its frozen modules must have ``changed == 0``.
+
+    ``model.visual`` counts the ViT without the merger (reported on its own). Loads both models, so on a
+    7B checkpoint this costs two loads: the training assets make it optional.
+    """
+    a = dict(load_model(before, dtype).named_parameters())
+    b = dict(load_model(after, dtype).named_parameters())
+    if sorted(a) != sorted(b):
+        raise ValueError(f"{before} and {after} have different parameter names")
+    out: dict[str, dict[str, int]] = {}
+    for name, p in a.items():
+        m = out.setdefault(module_of(name), {"changed": 0, "unchanged": 0})
+        m["changed" if not torch.equal(p, b[name]) else "unchanged"] += 1
+    return dict(sorted(out.items()))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,40 @@ def math_samples(rows: Sequence[Mapping[str, Any]], system: str | None = None) -
         images = [load_image(storage.read_bytes(u)) for u in (r.get("images") or [])]
         out.append(rl_sample("math", format_user_prompt(r), r["gold"], images=images, pool=r.get("pool") or "rl",
                              system=system, id=str(r.get("id", ""))))
+    return out
+
+
+def chat_rl_samples(samples: Iterable[Any], task: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """RL rows from chat-format shard samples (``json`` with ``messages``; images in the sample's image
+    fields, in name order): the prompt is every turn before the last assistant turn, the gold is that
+    turn's text. This is how verifiable curated samples (grounding boxes, [mm:ss, mm:ss] intervals,
+    counts) become MORL prompts whose answer the reward router checks."""
+    from trainer.data import _image_fields, load_image
+
+    out: list[dict[str, Any]] = []
+    for s in samples:
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            obj = json.loads(s.fields["json"])
+        except (KeyError, ValueError):
+            continue
+        msgs = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "assistant":
+            continue
+        gold = msgs[-1].get("content")
+        if isinstance(gold, list):
+            gold = "".join(p.get("text", "") for p in gold if isinstance(p, Mapping))
+        if not isinstance(gold, str) or not gold.strip():
+            continue
+        images = [load_image(s.fields[n]) for n in _image_fields(s.fields)]
+        prompt = [dict(m) for m in msgs[:-1]]
+        # TRL inserts the images into the first user turn itself: keep only its text parts
+        for m in prompt:
+            if isinstance(m.get("content"), list):
+                m["content"] = "".join(p.get("text", "") for p in m["content"] if isinstance(p, Mapping)
+                                       and p.get("type") == "text")
+        out.append(rl_sample(task, prompt, gold.strip(), images=images, id=str(obj.get("id", s.key))))
     return out
 
 

@@ -175,6 +175,20 @@ def test_chat_sample_images_from_fields_or_urls(shared_data, encoder):
     assert _targets(encoder, by_url) == "A living room.<|im_end|>"
 
 
+def test_interleaved_document_targets_its_text_never_the_image_tokens(shared_data, encoder):
+    """An interleaved document is one assistant turn of text and images: all of its text is a target,
+    the vision tokens (<|vision_start|>, image pads, <|vision_end|>) are inputs only."""
+    path = shared_data / "image_caption/coco_mini/images/train2017/000000493652.jpg"
+    doc = {"messages": [{"role": "assistant", "content": [
+        {"type": "text", "text": "A living room."}, {"type": "image"}, {"type": "text", "text": "Two sofas face a TV."}]}]}
+    enc = encoder.encode(shards.Sample("doc", {"json": json.dumps(doc).encode(), "img000.jpg": path.read_bytes()}),
+                         "interleaved")
+    assert _targets(encoder, enc) == "A living room.Two sofas face a TV.<|im_end|>"
+    vision = torch.isin(enc.input_ids, encoder.vision_ids)
+    assert int(vision.sum()) == int((enc.input_ids == encoder.image_token_id).sum()) + 2
+    assert (enc.labels[vision] == D.IGNORE_INDEX).all()
+
+
 def test_transparent_png_is_composited_on_white(shared_data):
     row = caption_rows(shared_data, 0, 1)[0]
     raw = row["path"].read_bytes()
