@@ -10,7 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets import demo
+from assets import demo, training
+from assets.resources import StorageResource
 from curation import shards, storage
 from pipelines.common import manifest_url, quarantine_url
 
@@ -48,6 +49,14 @@ def test_graph_twice_gives_identical_shards(tmp_path: Path, shared_data: Path) -
         # The runs are recorded per partition in the instance.
         mats = instance.fetch_materializations(dg.AssetKey("image_phash"), limit=10).records
         assert sorted({m.partition_key for m in mats}) == drops
+        # Stage 1 trains on the shards the pipeline just wrote (downstream asset, tiny budget).
+        trained = dg.materialize(training.ASSETS, selection=["stage1_projector_warmup"], instance=instance, resources={
+            "storage": StorageResource(root=str(root)),
+            "trainer": training.TrainerResource(max_steps=2, seq_len=512, cpu=True)})
+        md = trained.asset_materializations_for_node("stage1_projector_warmup")[0].metadata
+        assert md["steps"].value == 2 and md["shards"].value == {"image_text": url}
+        assert md["samples_by_kind"].value["image_caption"] >= 2
+        assert all(c.passed for c in trained.get_asset_check_evaluations())
 
     # Exact outcomes on this data: the second COCO caption of the same image is an exact duplicate.
     q = storage.read_records(quarantine_url(str(root), "image_neardup_clusters", "d2-coco"))
