@@ -339,10 +339,11 @@ def test_backfill_materializes_two_drops(dagster_dev: Dagster, backfill: dict) -
 
 
 def test_lineage_page_renders(dagster_dev: Dagster, backfill: dict, tmp_path: Path) -> None:
-    """The image_text group's lineage graph, wide enough that nodes show their partition status."""
+    """The image_text group's lineage graph, wide enough that nodes show their partition status (narrower
+    windows zoom out to minimal nodes with elided names; the downstream training node widens the graph)."""
     dagster_dev.graphql("mutation { setNuxSeen }")  # the community modal would cover the graph
     url = f"{dagster_dev.url}/locations/{dagster_dev.repo_path}/asset-groups/image_text"
-    size = (2400, 1000)
+    size = (3200, 1000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     png = ARTIFACTS / "image_text_lineage.png"
     png.unlink(missing_ok=True)
