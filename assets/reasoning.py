@@ -6,10 +6,9 @@ from collections import Counter
 import dagster as dg
 
 from assets.metadata import counter_table, histogram_table, preview_table, rows, stage_metadata
-from assets.partitions import reasoning_drops
+from assets.partitions import reasoning_drops, ready_partitions
 from assets.resources import BeamResource, GenerationResource, StorageResource
 from curation import generation, shards
-from curation import storage as fsio
 from pipelines import reasoning as pipe
 from pipelines.common import manifest_url, quarantine_url
 
@@ -42,11 +41,7 @@ def _settings(llm: GenerationResource | None = None, vlm: GenerationResource | N
 
 
 def _ready(context: dg.AssetExecutionContext, root: str, upstream: str) -> list[str]:
-    keys = sorted(context.instance.get_dynamic_partitions(reasoning_drops.name))
-    ready = [p for p in keys if fsio.exists(manifest_url(root, upstream, p))]
-    if not ready:
-        raise dg.Failure(f"no partition of {upstream} is materialized yet (registered drops: {keys})")
-    return ready
+    return ready_partitions(context, reasoning_drops, root, upstream)
 
 
 @dg.asset(partitions_def=reasoning_drops, group_name=GROUP, kinds={"beam", "parquet"},

@@ -102,8 +102,9 @@ def _local_root(storage: StorageResource) -> Path:
 
 def latest_shards(root: str, dataset: str) -> str | None:
     """The newest version folder of shards/<dataset>/, or None when it was never written."""
-    latest = fsio.join(root, "shards", dataset, "LATEST.json")
-    return fsio.read_json(latest)["url"] if fsio.exists(latest) else None
+    from curation import shards
+
+    return shards.latest_url(root, dataset)
 
 
 def stage_sources(root: str, weights: dict[str, float]) -> tuple[list[str], dict[str, str], list[str]]:

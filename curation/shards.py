@@ -35,6 +35,7 @@ import pyarrow as pa
 from curation import storage
 
 INDEX_NAME = "index.json"
+LATEST_NAME = "LATEST.json"
 INDEX_FORMAT_VERSION = 1
 DEFAULT_SAMPLES_PER_SHARD = 10_000
 DEFAULT_MAX_SHARD_BYTES = 2**30  # 1 GiB: large enough for sequential reads, small enough to shuffle
@@ -643,6 +644,25 @@ def write_shards(
 def shard_dir(root: str, dataset: str, version: str) -> str:
     """``<root>/shards/<dataset>/<version>`` (DESIGN.md section 2)."""
     return storage.join(root, "shards", dataset, version)
+
+
+def publish_latest(root: str, dataset: str, version: str, url: str) -> None:
+    """Point ``shards/<dataset>/LATEST.json`` at a finished version (what the trainer and assets read)."""
+    storage.write_json(storage.join(root, "shards", dataset, LATEST_NAME), {"version": version, "url": url})
+
+
+def write_dataset(samples: Iterable[Sample], root: str, dataset: str, version: str, **kwargs: Any) -> ShardIndex:
+    """``write_shards`` into ``shards/<dataset>/<version>/``, then point LATEST.json at it (only once every
+    shard and the index are complete: a crash leaves the previous version current)."""
+    index = write_shards(samples, shard_dir(root, dataset, version), dataset_name=dataset, **kwargs)
+    publish_latest(root, dataset, version, index.url)
+    return index
+
+
+def latest_url(root: str, dataset: str) -> str | None:
+    """The newest version folder of ``shards/<dataset>/``, or None when it was never written."""
+    latest = storage.join(root, "shards", dataset, LATEST_NAME)
+    return storage.read_json(latest)["url"] if storage.exists(latest) else None
 
 
 def file_sha256(url: str, chunk: int = 1 << 20) -> str:

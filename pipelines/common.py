@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import logging
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -137,3 +139,42 @@ def quarantined(record: dict, stage: str, reason: str, error: str | None = None)
 
 def format_exception(e: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]
+
+
+def track_cli(prog: str, doc: str | None, track: str, stages: Sequence[str]) -> argparse.ArgumentParser:
+    """The options every track's command line shares: --root, --stages, --partitions."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="./data")
+    parser.add_argument("--stages", default="all", help=f"comma-separated, or 'all': {','.join(stages)}")
+    parser.add_argument("--partitions", default="", help=f"drops under landing/{track}/ (default: all)")
+    return parser
+
+
+def cli_plan(parser: argparse.ArgumentParser, args: argparse.Namespace, stages: Sequence[str], track: str,
+             list_partitions: Callable[[str], list[str]]) -> tuple[tuple[str, ...], list[str]]:
+    """(stages to run, in pipeline order; drops) from the shared options; a usage error for unknown stages
+    or a landing folder without drops. Also turns on INFO logging (Beam's progress)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asked = stages if args.stages == "all" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = set(asked) - set(stages)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(stages)}")
+    partitions = [p for p in args.partitions.split(",") if p] or list_partitions(args.root)
+    if not partitions:
+        parser.error(f"no drops under {storage.join(args.root, 'landing', track)}")
+    return tuple(s for s in stages if s in asked), partitions
+
+
+def manifest_digest(url: str, ignore: Sequence[str] = ()) -> bytes:
+    """sha256 of a manifest's content: its rows sorted by every string and integer column, as an Arrow
+    IPC stream, without the ``ignore`` columns (values that differ between runs of the same content,
+    e.g. a response-cache hit flag). Not of the parquet bytes: a distributed runner writes rows in
+    whatever order its workers finish, and a re-run with the same rows must give the same version."""
+    table = storage.read_table(url)
+    table = table.drop_columns([c for c in ignore if c in table.column_names])
+    keys = [(f.name, "ascending") for f in table.schema if pa.types.is_string(f.type) or pa.types.is_integer(f.type)]
+    table = table.sort_by(keys) if keys and table.num_rows else table
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).digest()

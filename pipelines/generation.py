@@ -8,12 +8,12 @@ so a re-run never pays for the same generation twice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from curation import generation
+from curation import generation, storage
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,15 @@ class EngineSpec:
         if self.cache_url:
             engine = generation.CachedEngine(engine, generation.ResponseCache(self.cache_url))
         return engine
+
+
+def resolve_spec(root: str, spec: EngineSpec) -> EngineSpec:
+    """A spec with relative vLLM model folders resolved under the storage root (``models/tiny-...``), and
+    the response cache at ``<root>/cache/generation.sqlite`` unless the spec names one."""
+    model = spec.model
+    if spec.kind == "vllm" and not model.startswith("/") and "://" not in model and storage.exists(storage.join(root, model)):
+        model = storage.local_path(storage.join(root, model)) or model
+    return replace(spec, model=model, cache_url=spec.cache_url or storage.join(root, "cache", "generation.sqlite"))
 
 
 class GenerationModelHandler(ModelHandler[generation.GenerationRequest, generation.GenerationResult, Any]):

@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,10 +40,9 @@ from apache_beam.ml.inference.base import RunInference
 
 from curation import clip_score, generation, image_dedup, imaging, ingest, metaclip, neardup, phash, shards, storage, text_quality
 from curation import recaption as recaption_ops
-from pipelines.generation import EngineSpec, GenerationModelHandler
+from pipelines.generation import EngineSpec, GenerationModelHandler, resolve_spec
 from curation.records import content_id, sha256_hex
 from pipelines.common import (
-    CurationOptions,
     WriteManifest,
     extend_schema,
     format_exception,
@@ -764,15 +762,10 @@ def attach_recaption(pr, records: dict, config: recaption_ops.RecaptionConfig) -
 
 def run_recaption(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
     """Altogether-style re-captioning of every balanced record (nothing is dropped here)."""
-    from dataclasses import replace
-
     src = manifest_url(root, ASSET["balance"], partition)
     if not storage.exists(src):
         raise FileNotFoundError(f"recaption: {src} missing (materialize metaclip_balanced for {partition} first)")
-    spec = settings.recaption_engine
-    if spec.kind == "vllm" and not spec.model.startswith("/") and storage.exists(storage.join(root, spec.model)):
-        spec = replace(spec, model=storage.local_path(storage.join(root, spec.model)) or spec.model)
-    spec = replace(spec, cache_url=spec.cache_url or storage.join(root, "cache", "generation.sqlite"))
+    spec = resolve_spec(root, settings.recaption_engine)
     schema = extend_schema(read_schema(src), RECAPTION_FIELDS)
     handler = GenerationModelHandler(spec, settings.recaption_sampling, max_batch_size=32)
 
@@ -850,7 +843,7 @@ def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings
         lineage=lineage,
         metadata_schema=SHARD_METADATA_SCHEMA,
     )
-    storage.write_json(storage.join(root, "shards", settings.dataset, "LATEST.json"), {"version": version, "url": out_url})
+    shards.publish_latest(root, settings.dataset, version, out_url)
     return index
 
 

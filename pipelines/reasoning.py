@@ -16,10 +16,8 @@ Rejected prompts and samples go to quarantine/<asset>/<drop>.parquet with their 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,8 +27,18 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from curation import generation, reasoning, shards, storage
-from pipelines.common import WriteManifest, manifest_url, quarantine_schema, quarantine_url, quarantined, run_pipeline, split_dofn
-from pipelines.generation import EngineSpec, GenerationModelHandler
+from pipelines.common import (
+    WriteManifest,
+    cli_plan,
+    manifest_url,
+    quarantine_schema,
+    quarantine_url,
+    quarantined,
+    run_pipeline,
+    split_dofn,
+    track_cli,
+)
+from pipelines.generation import EngineSpec, GenerationModelHandler, resolve_spec
 
 TRACK = "reasoning"
 STAGES = ("prompts", "candidates", "verified", "sft_shards", "rl_pool")
@@ -181,17 +189,6 @@ def candidate_rows(result: generation.GenerationResult, partition: str) -> Itera
                "cached": result.cached, "error": None}
 
 
-def resolve_spec(root: str, spec: EngineSpec) -> EngineSpec:
-    """Relative model folders and cache paths live under the storage root."""
-    from dataclasses import replace
-
-    model = spec.model
-    if spec.kind == "vllm" and not model.startswith("/") and "://" not in model and storage.exists(storage.join(root, model)):
-        model = storage.local_path(storage.join(root, model)) or model
-    cache = spec.cache_url or storage.join(root, "cache", "generation.sqlite")
-    return replace(spec, model=model, cache_url=cache)
-
-
 def run_candidates(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
     src = manifest_url(root, "reasoning_prompts", partition)
     if not storage.exists(src):
@@ -318,11 +315,8 @@ def run_sft_shards(root: str, partitions: Sequence[str], settings: ReasoningSett
                                        "answer": r["answer"], "gold": r["gold"]}) for r in rows)
     schema = pa.schema([("prompt_id", pa.string()), ("pass_rate", pa.float32()), ("model", pa.string()),
                         ("answer", pa.string()), ("gold", pa.string())])
-    index = shards.write_shards(samples, storage.join(root, "shards", settings.dataset, version), dataset_name=settings.dataset,
-                                lineage=shards.input_lineage(srcs), samples_per_shard=settings.samples_per_shard,
-                                metadata_schema=schema)
-    storage.write_json(storage.join(root, "shards", settings.dataset, "LATEST.json"), {"version": version, "url": index.url})
-    return index
+    return shards.write_dataset(samples, root, settings.dataset, version, lineage=shards.input_lineage(srcs),
+                                samples_per_shard=settings.samples_per_shard, metadata_schema=schema)
 
 
 def run_rl_pool(root: str, partitions: Sequence[str], settings: ReasoningSettings) -> list[dict]:
@@ -343,11 +337,7 @@ def run_rl_pool(root: str, partitions: Sequence[str], settings: ReasoningSetting
 
 def run(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point (the same functions Dagster's assets call)."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.reasoning", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="./data")
-    parser.add_argument("--stages", default="all", help=f"comma-separated, or 'all': {','.join(STAGES)}")
-    parser.add_argument("--partitions", default="", help="drops under landing/reasoning/ (default: all)")
+    parser = track_cli("python -m pipelines.reasoning", __doc__, TRACK, STAGES)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "openai"])
     parser.add_argument("--model", default="models/tiny-causal-lm", help="checkpoint folder (vllm) or served model name (openai)")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible server URL (--engine openai)")
@@ -357,19 +347,13 @@ def run(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     args, beam_argv = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stages, partitions = cli_plan(parser, args, STAGES, TRACK, list_partitions)
     options = {"dtype": "float32", "enforce_eager": True} if args.engine == "vllm" else {}
     settings = ReasoningSettings(
         engine=EngineSpec(args.engine, args.model, base_url=args.base_url, options=options),
         vision_engine=EngineSpec("vllm", args.vision_model, options={"dtype": "float32", "enforce_eager": True}) if args.vision_model else None,
         sampling=generation.SamplingParams(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed))
-    stages = STAGES if args.stages == "all" else tuple(s.strip() for s in args.stages.split(","))
-    partitions = [p for p in args.partitions.split(",") if p] or list_partitions(args.root)
-    if not partitions:
-        parser.error(f"no drops under {storage.join(args.root, 'landing', TRACK)}")
-    for stage in STAGES:
-        if stage not in stages:
-            continue
+    for stage in stages:
         if stage in ("prompts", "candidates", "verified"):
             fn = {"prompts": run_prompts, "candidates": run_candidates, "verified": run_verified}[stage]
             for part in partitions:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from curation import storage
+from curation import shards, storage
 from curation.shards import (
     DuplicateKeyError,
     Failure,
@@ -456,3 +456,21 @@ def test_verify_index_reports_stale_and_missing(tmp_path: Path) -> None:
     assert verify_index(str(out)) == ["00007.tar: stale_shard: not listed in index.json"]
     (out / "index.json").unlink()
     assert codes(verify_index(str(out))) == {"index_missing"}
+
+
+def test_write_dataset_publishes_latest_only_when_complete(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    assert shards.latest_url(root, "demo") is None
+    samples = [shards.Sample(f"k{i}", {"txt": f"sample {i}".encode()}) for i in range(3)]
+    index = shards.write_dataset(samples, root, "demo", "v-1", samples_per_shard=2)
+    assert index.url == shards.shard_dir(root, "demo", "v-1") and index.num_samples == 3
+    assert shards.latest_url(root, "demo") == index.url
+    assert json.loads((tmp_path / "shards" / "demo" / "LATEST.json").read_text()) == {"version": "v-1", "url": index.url}
+
+    def broken():
+        yield samples[0]
+        raise RuntimeError("source died")
+
+    with pytest.raises(RuntimeError, match="source died"):
+        shards.write_dataset(broken(), root, "demo", "v-2")
+    assert shards.latest_url(root, "demo") == index.url  # the failed version never became current
