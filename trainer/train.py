@@ -231,6 +231,11 @@ def train(args: TrainArgs) -> TrainResult:  # noqa: C901 - the loop reads best i
             sync = i == len(mbs) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 loss = forward_loss(model, mb, n_global, device, pixel_dtype)
+                if not loss.requires_grad:
+                    # No trainable module on this micro-batch's path (stage 2 trains only the ViT and a
+                    # text-only document has no image): a zero tied to the trainable parameters keeps
+                    # backward and the gradient all-reduce uniform; the update is zero.
+                    loss = loss + sum(p.sum() for p in params) * 0.0
                 # DDP averages gradients over ranks: scale so the update is the global token mean.
                 # DeepSpeed also divides by the accumulation steps itself: undo that.
                 accelerator.backward(loss * world * (cfg.grad_accum_steps if deepspeed else 1))

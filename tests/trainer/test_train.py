@@ -95,6 +95,24 @@ def test_loss_falls_on_a_repeated_batch(stage, tiny_vl, caption_shards, sft_shar
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
+def test_stage2_survives_a_batch_without_images(tiny_vl, tmp_path):
+    """Stage 2 trains only the ViT: text-only interleaved documents give a loss with no gradient path;
+    the step runs with a zero update instead of failing backward."""
+    from curation import shards
+
+    docs = [{"id": f"d{i}", "messages": [{"role": "assistant", "content": [
+        {"type": "text", "text": f"Document {i} has text and no picture at all."}]}]} for i in range(3)]
+    out = tmp_path / "interleaved" / "v1"
+    shards.write_shards((shards.Sample(d["id"], {"json": json.dumps(d).encode()}) for d in docs), str(out),
+                        dataset_name="interleaved")
+    before = _weights(tiny_vl)
+    res = train(TrainArgs(stage=2, shards=[f"interleaved={out}"], model=str(tiny_vl), out=str(tmp_path / "run"),
+                          max_steps=2, cpu=True, overrides={"seq_len": 128, "save_every": 2}))
+    assert res.steps == 2 and all(0 < loss < 20 for loss in res.losses)
+    after = _weights(res.final_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_unknown_module_and_counts(tiny_vl):
     model = load_model(str(tiny_vl))
     with pytest.raises(ValueError, match="module 'model.vision' not found"):
