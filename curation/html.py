@@ -160,6 +160,13 @@ def _int_attr(value: str | None) -> int | None:
 
 def _resolve(src: str, base: str | None) -> str:
     src = src.strip()
+    if (base or "").startswith("file:"):
+        # a saved page's protocol-relative links ("//host/x.jpg", which trafilatura resolves to
+        # "file://host/x.jpg") point at the web, not at the disk
+        if src.startswith("//"):
+            return "https:" + src
+        if src.startswith("file://") and not src.startswith(("file:///", "file://localhost/")):
+            return "https:" + src[len("file:"):]
     if base:
         return urljoin(base, src)
     return re.sub(r"^//", "https://", src)
@@ -248,8 +255,11 @@ def _body_elements(body: Any, base: str | None, index: dict[str, dict], config: 
             else:
                 flush()
                 src = _resolve(piece.get("src") or "", base)
-                if not src.startswith(("http://", "https://")) or (config.dedupe_images and src in seen_src):
-                    continue  # data: URIs, or the same picture again
+                # data: URIs, or the same picture again; file:// only on a page that is a local file
+                # itself (a crawled page must never point the image fetcher at the local disk)
+                local = src.startswith("file://") and (base or "").startswith("file://")
+                if not (src.startswith(("http://", "https://")) or local) or (config.dedupe_images and src in seen_src):
+                    continue
                 seen_src.add(src)
                 info = index.get(src, {})
                 last_image = {
