@@ -86,9 +86,29 @@ class MORLConfig:
             raise ValueError(f"task_weights: unknown task(s) {unknown}; known: {list(TASKS)}")
 
 
-def grpo_config(cfg: MORLConfig, out: str, tasks: Sequence[str]) -> GRPOConfig:
-    """The TRL config of a fully on-policy run (see the module docstring for why each value)."""
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(model_config: Any) -> list[int]:
+    """Ids of the vision special tokens of a Qwen2.5-VL config (none for a text-only model)."""
+    names = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
+    return [int(i) for i in (getattr(model_config, n, None) for n in names) if i is not None]
+
+
+def grpo_config(cfg: MORLConfig, out: str, tasks: Sequence[str], suppress: Sequence[int] = ()) -> GRPOConfig:
+    """The TRL config of a fully on-policy run (see the module docstring for why each value).
+
+    ``suppress``: token ids the policy must never sample. A sampled vision token (a young or random
+    policy does sample them) makes the next forward pass count an image that has no pixels, and
+    Qwen2.5-VL's M-RoPE index fails on the mismatch; TRL suppresses only the image pad itself."""
+    if not suppress:
+        generation_kwargs = None
+    elif cfg.use_vllm:
+        generation_kwargs = {"bad_words": list(VISION_TOKENS)}
+    else:
+        generation_kwargs = {"suppress_tokens": list(suppress)}
     return GRPOConfig(
+        generation_kwargs=generation_kwargs,
         output_dir=out,
         beta=0.0,
         num_iterations=1,
@@ -368,6 +388,23 @@ class MORLTrainer(GRPOTrainer):
         self._last_rewards = rewards_per_func
         return rewards_per_func
 
+    def _aligned(self, out: dict[str, Any]) -> dict[str, Any]:
+        """``mm_token_type_ids`` rebuilt from the token ids (1 on image pads, 2 on video pads). TRL 1.16
+        returns them padded apart from ``prompt_ids`` when a rollout's prompts differ in length, and
+        Qwen2.5-VL's M-RoPE index then counts an image block outside the attention mask."""
+        if out.get("mm_token_type_ids") is None:
+            return out
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        mm = torch.zeros_like(ids, dtype=out["mm_token_type_ids"].dtype)
+        if self._image_pad_token_id is not None:
+            mm[ids == self._image_pad_token_id] = 1
+        if self._video_pad_token_id is not None:
+            mm[ids == self._video_pad_token_id] = 2
+        if mm.shape != out["mm_token_type_ids"].shape:
+            raise RuntimeError(f"mm_token_type_ids {tuple(out['mm_token_type_ids'].shape)} do not span prompt + "
+                               f"completion {tuple(ids.shape)}: TRL's rollout layout changed")
+        return {**out, "mm_token_type_ids": mm}
+
     def _row_rewards(self) -> torch.Tensor:
         assert self._last_rewards is not None
         r = self._last_rewards
@@ -376,7 +413,7 @@ class MORLTrainer(GRPOTrainer):
         return total.cpu()
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        out = super()._generate_and_score_completions(inputs)
+        out = self._aligned(super()._generate_and_score_completions(inputs))
         if not self.model.training or not self.morl.dynamic_sampling:
             return out
         G = self.num_generations
@@ -402,7 +439,7 @@ class MORLTrainer(GRPOTrainer):
             rows = [g * G + j for (pp, g) in chosen if pp == p for j in range(G)]
             if rows:
                 pieces.append(select_rows(o, rows))
-        merged = unsplit_pixel_values_by_grid(merge_rollouts(pieces, self._tokenizer.pad_token_id))
+        merged = self._aligned(unsplit_pixel_values_by_grid(merge_rollouts(pieces, self._tokenizer.pad_token_id)))
         dropped = sum(1 for _, sig in parts for s in sig if not s)
         self.ds_stats["dropped_groups"] += dropped
         self.ds_stats["refill_rounds"] += rounds
@@ -466,7 +503,7 @@ def run_morl(model_path: str, samples: Sequence[Mapping[str, Any]], out: str, cf
         raise ValueError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
     model, processing = load_policy(model_path)
     trainer = MORLTrainer(model=model, processing_class=processing, reward_funcs=router.reward_funcs(tasks),
-                          args=grpo_config(cfg, out, tasks), train_dataset=Dataset.from_list(rows), morl=cfg,
+                          args=grpo_config(cfg, out, tasks, vision_token_ids(model.config)), train_dataset=Dataset.from_list(rows), morl=cfg,
                           modality=[bool(r["images"]) for r in rows])
     trainer.train()
     steps = [h for h in trainer.state.log_history if "loss" in h and "step" in h]

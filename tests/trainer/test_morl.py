@@ -14,6 +14,7 @@ from trainer.morl import (
     PoolSampler,
     grpo_config,
     group_has_signal,
+    vision_token_ids,
     math_samples,
     merge_rollouts,
     rl_sample,
@@ -31,6 +32,28 @@ def test_grpo_config_is_fully_on_policy(tmp_path):
     assert (g.loss_type, g.scale_rewards, g.num_generations) == ("dapo", "group", 4)
     assert g.per_device_train_batch_size == 12 and g.generation_batch_size == 24
     assert g.reward_weights == [1.0, 2.0]
+    assert g.generation_kwargs is None
+
+
+def test_policy_never_samples_vision_tokens(tiny_models, tmp_path):
+    """A sampled <|vision_start|> makes the next forward count an image with no pixels (M-RoPE index
+    mismatch): every vision special token is suppressed, in transformers' and in vLLM's terms."""
+    from trainer.model import load_processor
+    from transformers import AutoConfig
+
+    ids = vision_token_ids(AutoConfig.from_pretrained(tiny_models["vl"]))
+    tok = load_processor(str(tiny_models["vl"])).tokenizer
+    assert sorted(ids) == sorted(tok.convert_tokens_to_ids(
+        ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]))
+    cfg = MORLConfig(use_cpu=True)
+    assert grpo_config(cfg, str(tmp_path), ["math"], ids).generation_kwargs == {"suppress_tokens": ids}
+    vllm = MORLConfig(use_cpu=True, use_vllm=True)
+    assert grpo_config(vllm, str(tmp_path), ["math"], ids).generation_kwargs == {
+        "bad_words": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]}
+    assert vision_token_ids(AutoConfig.from_pretrained(tiny_models["lm"])) == []
+
+
+def test_morl_config_rejects_bad_values():
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         MORLConfig(num_generations=1)
     with pytest.raises(ValueError, match="unknown task"):
@@ -137,3 +160,21 @@ def test_morl_few_steps_end_to_end(tiny_models, rl_rows, tmp_path):
     before = dict(load_model(str(tiny_models["vl"])).named_parameters())
     after = dict(load_model(res.final_dir).named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # preference groups had signal
+
+
+def test_mm_token_type_ids_follow_the_left_padded_prompts():
+    """Rollouts whose prompts differ in length are left-padded; the image-token types are rebuilt from the
+    ids so that Qwen2.5-VL's M-RoPE index sees every image pad inside the attention mask."""
+    from types import SimpleNamespace
+
+    from trainer.morl import MORLTrainer
+
+    pad, img, vid = 0, 9, 8
+    prompt_ids = torch.tensor([[pad, pad, 5, img, img, 6], [5, img, img, 6, 7, 7]])
+    completion_ids = torch.tensor([[3, 4], [3, pad]])
+    stale = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]])  # padded apart from the ids
+    out = {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "mm_token_type_ids": stale}
+    me = SimpleNamespace(_image_pad_token_id=img, _video_pad_token_id=vid)
+    got = MORLTrainer._aligned(me, out)["mm_token_type_ids"]
+    assert got.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0]]
+    assert MORLTrainer._aligned(me, {"prompt_ids": prompt_ids, "mm_token_type_ids": None})["mm_token_type_ids"] is None
