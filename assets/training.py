@@ -101,14 +101,16 @@ def _local_root(storage: StorageResource) -> Path:
 
 
 def latest_shards(root: str, dataset: str) -> str | None:
-    """The newest version folder of shards/<dataset>/, or None when it was never written."""
+    """The newest version folder of shards/<dataset>/, or None when it was never written or holds no
+    samples (a curation run can keep nothing, e.g. every caption of a random-init VLM rejected)."""
     from curation import shards
 
-    return shards.latest_url(root, dataset)
+    url = shards.latest_url(root, dataset)
+    return url if url and shards.read_index(url).num_samples > 0 else None
 
 
 def stage_sources(root: str, weights: dict[str, float]) -> tuple[list[str], dict[str, str], list[str]]:
-    """(KIND=URL specs, dataset -> version url, weighted kinds with no shards yet)."""
+    """(KIND=URL specs, dataset -> version url, weighted kinds with no (non-empty) shards yet)."""
     specs, used, missing = [], {}, []
     for kind, w in sorted(weights.items()):
         if w <= 0:

@@ -48,6 +48,7 @@ def trained(shared_data, tiny_vl, tmp_path_factory):
     _publish(root, "image_text", [caption_sample(r) for r in caption_rows(shared_data, 6, 2)])
     _publish(root, "reasoning_sft", [sft_sample(o) for o in SFT_SAMPLES], per_shard=2)
     _publish(root, "grounding", _grounding_samples(shared_data, 4), per_shard=2)
+    _publish(root, "video", [])  # a curation run that kept nothing: the stages treat it as no shards
     instance = dg.DagsterInstance.ephemeral()
     resources = {"storage": StorageResource(root=str(root)),
                  "trainer": training.TrainerResource(base_model=str(tiny_vl), max_steps=2, seq_len=512, cpu=True,
@@ -85,7 +86,7 @@ def test_stages_train_in_order_with_their_freezing(trained, tiny_vl):
     assert set(_md(results[training.STAGES[1]], training.STAGES[1])["shards"]) == {"image_text"}
     s3 = _md(results[training.STAGES[3]], training.STAGES[3])
     assert set(s3["shards"]) == {"image_text", "reasoning_sft", "grounding"}
-    assert "interleaved" in s3["kinds_without_shards"]
+    assert "interleaved" in s3["kinds_without_shards"] and "video" in s3["kinds_without_shards"]
 
 
 def test_rematerializing_a_stage_resumes_its_finished_run(trained):
