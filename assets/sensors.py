@@ -4,10 +4,14 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from assets.partitions import image_text_drops, reasoning_drops
+from assets import documents as documents_assets
+from assets import video as video_assets
+from assets.partitions import document_drops, image_text_drops, reasoning_drops, video_drops
 from assets.resources import StorageResource
+from pipelines import documents as documents_pipe
 from pipelines import image_text as pipe
 from pipelines import reasoning as reasoning_pipe
+from pipelines import video as video_pipe
 
 image_text_ingest_job = dg.define_asset_job(
     "image_text_ingest",
@@ -43,3 +47,13 @@ image_text_drop_sensor = drop_sensor("image_text_drop_sensor", image_text_ingest
                                      pipe.list_partitions, "image_text")
 reasoning_drop_sensor = drop_sensor("reasoning_drop_sensor", reasoning_ingest_job, reasoning_drops,
                                     reasoning_pipe.list_partitions, "reasoning")
+
+document_ingest_job = dg.define_asset_job(
+    "document_ingest", selection=dg.AssetSelection.assets(*documents_assets.INGEST_ASSETS), partitions_def=document_drops,
+    description="Parse one drop of PDFs, HTML and WARC files (quality, near-dup and shards follow by automation).")
+document_drop_sensor = drop_sensor("document_drop_sensor", document_ingest_job, document_drops,
+                                   documents_pipe.list_partitions, "documents")
+video_ingest_job = dg.define_asset_job(
+    "video_ingest", selection=dg.AssetSelection.assets(*video_assets.INGEST_ASSETS), partitions_def=video_drops,
+    description="Probe one drop of videos (near-dup, clips, captions and shards follow by automation).")
+video_drop_sensor = drop_sensor("video_drop_sensor", video_ingest_job, video_drops, video_pipe.list_partitions, "video")

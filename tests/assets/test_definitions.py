@@ -7,13 +7,19 @@ from pathlib import Path
 import dagster as dg
 
 from assets.definitions import defs
-from assets.partitions import image_text_drops
+from assets.partitions import document_drops, image_text_drops, video_drops
 from assets.resources import StorageResource
-from assets.sensors import image_text_drop_sensor
+from assets.sensors import document_drop_sensor, image_text_drop_sensor, video_drop_sensor
 
 IMAGE_TEXT = ["image_text_samples", "image_phash", "image_neardup_clusters", "caption_quality", "clip_scores",
               "metaclip_metadata", "metaclip_entry_counts", "metaclip_balanced", "recaptions", "image_text_shards"]
 REASONING = ["reasoning_prompts", "cot_candidates", "cot_verified", "reasoning_sft_shards", "rl_prompt_pool"]
+DOCUMENTS = ["documents_parsed", "document_quality", "document_minhash_clusters", "ocr_grounding_samples",
+             "interleaved_shards", "ocr_grounding_shards"]
+VIDEO = ["video_probe", "video_neardup_clusters", "video_clips", "video_captions", "temporal_grounding_samples",
+         "video_shards"]
+TRAINING = ["stage1_projector_warmup", "stage2_vision_language_alignment", "stage3_multimodal_pretraining",
+            "stage4_long_context_sft", "morl_policy"]
 
 
 def test_definitions_load_with_groups_and_partitions() -> None:
@@ -28,6 +34,20 @@ def test_definitions_load_with_groups_and_partitions() -> None:
     assert partitioned == {"image_text_samples", "image_phash", "caption_quality", "clip_scores", "metaclip_balanced", "recaptions"}
     for name in REASONING:
         assert graph.get(dg.AssetKey(name)).group_name == "reasoning"
+    for group, names in (("documents", DOCUMENTS), ("video", VIDEO), ("training", TRAINING)):
+        for name in names:
+            assert graph.get(dg.AssetKey(name)).group_name == group, name
+    partitioned = {n for n in DOCUMENTS if graph.get(dg.AssetKey(n)).partitions_def is not None}
+    assert partitioned == {"documents_parsed", "document_quality", "ocr_grounding_samples"}
+    partitioned = {n for n in VIDEO if graph.get(dg.AssetKey(n)).partitions_def is not None}
+    assert partitioned == {"video_probe", "video_clips", "video_captions", "temporal_grounding_samples"}
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("morl_policy")).parent_keys}
+    assert parents == {"stage4_long_context_sft", "rl_prompt_pool", "ocr_grounding_shards", "video_shards"}
+    # Training sits downstream of the shard assets of every track.
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("stage2_vision_language_alignment")).parent_keys}
+    assert parents == {"stage1_projector_warmup", "interleaved_shards"}
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("stage1_projector_warmup")).parent_keys}
+    assert parents == {"image_text_shards"}
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("image_text_shards")).parent_keys}
     assert parents == {"recaptions"}
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("image_neardup_clusters")).parent_keys}
@@ -45,3 +65,26 @@ def test_sensor_registers_each_new_drop_once(tmp_path: Path) -> None:
         instance.add_dynamic_partitions(image_text_drops.name, ["drop-a", "drop-b"])
         again = image_text_drop_sensor(dg.build_sensor_context(instance=instance, resources={"storage": StorageResource(root=str(tmp_path))}))
         assert not again.run_requests and "no new drops" in again.skip_reason.skip_message
+
+
+def test_document_sensor_requests_the_parse_job(tmp_path: Path) -> None:
+    (tmp_path / "landing" / "documents" / "pdf-1").mkdir(parents=True)
+    (tmp_path / "landing" / "image_text" / "other").mkdir(parents=True)  # another track's drop: not ours
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources={"storage": StorageResource(root=str(tmp_path))})
+        result = document_drop_sensor(ctx)
+        assert [r.partition_key for r in result.run_requests] == ["pdf-1"]
+        assert result.dynamic_partitions_requests[0].partitions_def_name == document_drops.name
+        job = defs.resolve_job_def("document_ingest")
+        assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {"documents_parsed"}
+
+
+def test_video_sensor_requests_the_probe_job(tmp_path: Path) -> None:
+    (tmp_path / "landing" / "video" / "cam-1").mkdir(parents=True)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources={"storage": StorageResource(root=str(tmp_path))})
+        result = video_drop_sensor(ctx)
+        assert [r.partition_key for r in result.run_requests] == ["cam-1"]
+        assert result.dynamic_partitions_requests[0].partitions_def_name == video_drops.name
+        job = defs.resolve_job_def("video_ingest")
+        assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {"video_probe"}
