@@ -73,17 +73,32 @@ def word_match(shared_data: Path) -> dict[str, dict[str, float]]:
 def test_word_boxes_against_pdftotext(word_match):
     total = {k: sum(p[k] for p in word_match.values()) for k in ("n", "iou90", "iou85", "x90", "same")}
     assert total["n"] == 12383
-    # Measured: IoU >= 0.9 for 38.7% of words, >= 0.85 for 84.2%; horizontal extent IoU >= 0.9 for
-    # 95.3%; same text 94.6%. The x-extents agree (same glyph advances); the vertical extents do
-    # not: MuPDF spans the font's ascender..descender, pdftotext draws Type 1 (Computer Modern)
-    # words 0.889 times as tall (e.g. 8.0 pt vs 9.0 pt for 10 pt CMR), which caps IoU at 0.889
-    # on every LaTeX page. Pages set in Times/Helvetica/TrueType match almost exactly:
-    assert total["iou90"] / total["n"] >= 0.38
-    assert total["iou85"] / total["n"] >= 0.84
-    assert total["x90"] / total["n"] >= 0.95
-    assert total["same"] / total["n"] >= 0.94
-    for stem in ("2305.03393v1-pg9__p1", "amt_handbook_sample__p1", "redp5110_sampled__p2"):
-        assert word_match[stem]["iou90"] / word_match[stem]["n"] >= 0.98, stem
+    # Measured: IoU >= 0.9 for 97.4% of words (MuPDF's own word boxes: 38.7%, they stretch glyphs to
+    # one em), horizontal extent IoU >= 0.9 for 97.8%, same text 97.0%. What is left is word
+    # segmentation in formulas (pdftotext splits at font changes too: 'Review' ':'), mostly on the
+    # physics package's page of typeset equations.
+    assert total["iou90"] / total["n"] >= 0.97
+    assert total["iou85"] / total["n"] >= 0.97
+    assert total["x90"] / total["n"] >= 0.97
+    assert total["same"] / total["n"] >= 0.97
+    for stem, page in word_match.items():
+        floor = 0.75 if "physics" in stem else 0.91
+        assert page["iou90"] / page["n"] >= floor, stem
+    # Computer Modern (descriptor metrics) and TeX Gyre (descriptor without metrics) pages
+    for stem in ("texlive-publishers-doc__revtex__sample__aps__apssamp__p3",
+                 "texlive-publishers-doc__mnras__mnras_guide__p2", "pari-doc__tutorial__p5"):
+        assert word_match[stem]["iou90"] / word_match[stem]["n"] >= 0.965, stem
+
+
+def test_words_split_at_baseline_jumps(shared_data):
+    """LaTeX's logo raises a small 'A': three words, as pdftotext reads them, each with its own box."""
+    root = shared_data / "grounding/pdf_pages_ocr_words"
+    d = next(json.loads(x) for x in (root / "pages.jsonl").read_text().splitlines() if "apssamp__p3" in x)
+    page = pymupdf.open(root / d["source_pdf"])[d["page"] - 1]
+    words = page_words(page, d["dpi"])
+    texts = [w["text"] for w in words]
+    i = next(i for i in range(len(texts) - 2) if texts[i:i + 3] == ["L", "A", "TEX"])
+    assert words[i + 1]["box"][3] < words[i]["box"][3]  # the raised A ends above L's descent
 
 
 def test_render_and_words_share_pixel_coordinates(shared_data):
@@ -93,11 +108,12 @@ def test_render_and_words_share_pixel_coordinates(shared_data):
     title = [w for w in r.words if w["box"][1] < 150]  # the title line
     assert [w["text"] for w in title] == "The Name of the Title Is Hope".split()
     gray = np.asarray(r.image.convert("L"))
-    for w in title:  # the glyph ink found around each word box lies inside it (within 3 px)
+    for w in title:  # the glyph ink found around each word box lies inside it (within 3 px; the box is the
+        # font's ascent..descent, which a descender such as 'p' may overrun by a pixel)
         x1, y1, x2, y2 = (int(round(v)) for v in w["box"])
         ys, xs = np.nonzero(gray[y1 - 8:y2 + 8, x1 - 3:x2 + 3] < 128)
         ink = [xs.min() + x1 - 3, ys.min() + y1 - 8, xs.max() + x1 - 2, ys.max() + y1 - 7]
-        assert x1 - 3 <= ink[0] and y1 <= ink[1] and ink[2] <= x2 + 3 and ink[3] <= y2, (w["text"], ink)
+        assert x1 - 3 <= ink[0] and y1 <= ink[1] and ink[2] <= x2 + 3 and ink[3] <= y2 + 1, (w["text"], ink)
         assert ink[2] - ink[0] >= 0.8 * (x2 - x1)
 
 
