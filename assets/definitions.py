@@ -38,7 +38,8 @@ defs = dg.Definitions(
         "storage": StorageResource(),
         "clip": ClipModelResource(),
         "beam_runner": BeamResource(),
-        "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048),
+        # 4,096 tokens: eight 448-px frames of a square video are 2,048 image tokens before the prompt
+        "vlm": GenerationResource(model="models/tiny-qwen2_5_vl"),
         "reasoning_llm": GenerationResource(model="models/tiny-causal-lm"),
         "trainer": training.TrainerResource(),
     },

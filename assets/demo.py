@@ -166,7 +166,7 @@ def materialize_all(root: str, drops: list[str], instance: dg.DagsterInstance | 
     if new:
         instance.add_dynamic_partitions(image_text_drops.name, new)
     resources = {"storage": StorageResource(root=root), "clip": ClipModelResource(model=clip_model), "beam_runner": BeamResource(),
-                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048)}
+                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl")}
     assets = image_text.ASSETS
 
     def run(names: list[str], partition: str | None = None) -> None:
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parents[1] / "dagster_home"))
     instance = dg.DagsterInstance.get()
     resources = {"storage": StorageResource(root=args.root), "beam_runner": BeamResource(),
-                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl", max_model_len=2048)}
+                 "vlm": GenerationResource(model="models/tiny-qwen2_5_vl")}
     if "image_text" in tracks:
         result = materialize_all(args.root, drops, instance=instance)
         _print_summary("image-text track", {
