@@ -1,7 +1,6 @@
 """Interleaved documents as assets: parsed (PDF, HTML, WARC) -> quality -> MinHash clusters (corpus)
 -> OCR/grounding samples -> interleaved and OCR/grounding shards (pipelines/documents.py does the work)."""
 
-import base64
 import io
 import json
 import time
@@ -12,6 +11,7 @@ import dagster as dg
 from assets.metadata import (
     counter_table,
     histogram_table,
+    jpeg_data_uri,
     preview_table,
     rows,
     stage_metadata,
@@ -251,9 +251,7 @@ def _thumb(data: bytes, side: int = 96) -> str:
 
     img = Image.open(io.BytesIO(data)).convert("RGB")
     img.thumbnail((side, side))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return jpeg_data_uri(img)
 
 
 def sample_markdown(sample: shards.Sample, max_chars: int = 600) -> str:

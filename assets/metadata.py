@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -9,6 +11,13 @@ import dagster as dg
 import numpy as np
 
 from curation import storage
+
+
+def jpeg_data_uri(image, quality: int = 70) -> str:  # noqa: ANN001 - a PIL image
+    """A small JPEG as a data URI: previews inline in the UI's markdown, no file to serve."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def rows(url: str) -> list[dict]:

@@ -1,7 +1,6 @@
 """The video track as assets: probe -> same-footage clusters -> scene clips -> timestamped VLM captions
 -> temporal-grounding samples -> shards (datasets ``video`` and ``temporal_grounding``)."""
 
-import base64
 import io
 import json
 import math
@@ -9,7 +8,7 @@ from collections import Counter
 
 import dagster as dg
 
-from assets.metadata import counter_table, histogram_table, preview_table, rows, stage_metadata
+from assets.metadata import counter_table, histogram_table, jpeg_data_uri, preview_table, rows, stage_metadata
 from assets.partitions import video_drops, ready_partitions
 from assets.resources import BeamResource, GenerationResource, StorageResource
 from curation import generation, shards, video
@@ -96,9 +95,7 @@ def frame_strip(frames: list[bytes], height: int = 72, limit: int = 6) -> str:
     for im in imgs:
         strip.paste(im, (x, 0))
         x += im.width + 2
-    buf = io.BytesIO()
-    strip.save(buf, "JPEG", quality=70)
-    return f"![frames](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return f"![frames]({jpeg_data_uri(strip)})"
 
 
 def _check(name: str, passed: bool, **md) -> dg.AssetCheckResult:
