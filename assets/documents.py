@@ -9,6 +9,7 @@ from collections import Counter
 import dagster as dg
 
 from assets.metadata import (
+    chat_image_mismatches,
     counter_table,
     histogram_table,
     jpeg_data_uri,
@@ -274,21 +275,6 @@ def sample_markdown(sample: shards.Sample, max_chars: int = 600) -> str:
     return "\n\n".join(out)
 
 
-def _image_parts_match(index: shards.ShardIndex) -> tuple[int, list[str], list[shards.Sample]]:
-    """(samples read, keys whose image parts differ from their image fields, first samples)."""
-    bad, first, n = [], [], 0
-    for url in index.tar_urls:
-        for smp in shards.iter_samples(url):
-            n += 1
-            obj = json.loads(smp.fields["json"])
-            want = sum(1 for m in obj["messages"] if isinstance(m["content"], list) for part in m["content"] if part["type"] == "image")
-            if want != sum(1 for k in smp.fields if k.startswith("img")):
-                bad.append(smp.key)
-            if len(first) < 3:
-                first.append(smp)
-    return n, bad, first
-
-
 def _shard_checks(index: shards.ShardIndex, name: str, bad_parts: list[str], n: int) -> list[dg.AssetCheckResult]:
     problems = [x for url in index.tar_urls for x in shards.verify_shard(url)]
     return [
@@ -309,7 +295,7 @@ def interleaved_shards(context: dg.AssetExecutionContext, config: ShardRunConfig
     index = pipe.run_interleaved_shards(storage.root, parts, _settings(samples_per_shard=config.samples_per_shard))
     dropped = rows(quarantine_url(storage.root, A["interleaved_shards"], pipe.CORPUS))
     meta = [r for url in index.parquet_urls for r in fsio.read_records(url)]
-    n, bad, first = _image_parts_match(index)
+    n, bad, first = chat_image_mismatches(index)
     md = {
         "shards_url": dg.MetadataValue.path(index.url),
         "version": dg.MetadataValue.text(index.version),
@@ -339,7 +325,7 @@ def ocr_grounding_shards(context: dg.AssetExecutionContext, config: ShardRunConf
     checks: list[dg.AssetCheckResult] = []
     bad_answers = 0
     for name, index in indexes.items():
-        n, bad, first = _image_parts_match(index)
+        n, bad, first = chat_image_mismatches(index)
         md[f"{name}_shards_url"] = dg.MetadataValue.path(index.url)
         md[f"{name}_samples"] = dg.MetadataValue.int(index.num_samples)
         md[f"{name}_preview"] = dg.MetadataValue.md("\n\n---\n\n".join(sample_markdown(s, 300) for s in first[:2]) or "_empty_")

@@ -20,6 +20,27 @@ def jpeg_data_uri(image, quality: int = 70) -> str:  # noqa: ANN001 - a PIL imag
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def chat_image_mismatches(index, keep: int = 3) -> tuple[int, list[str], list]:  # noqa: ANN001 - a ShardIndex
+    """Chat-format shards: (samples read, keys whose ``{"type": "image"}`` parts, all turns counted,
+    differ from their ``img*`` fields, the first ``keep`` samples for a preview)."""
+    import json
+
+    from curation import shards
+
+    bad, first, n = [], [], 0
+    for url in index.tar_urls:
+        for smp in shards.iter_samples(url):
+            n += 1
+            messages = json.loads(smp.fields["json"])["messages"]
+            want = sum(1 for m in messages if isinstance(m["content"], list) for part in m["content"]
+                       if part.get("type") == "image")
+            if want != sum(1 for k in smp.fields if k.startswith("img")):
+                bad.append(smp.key)
+            if len(first) < keep:
+                first.append(smp)
+    return n, bad, first
+
+
 def rows(url: str) -> list[dict]:
     return storage.read_records(url) if storage.exists(url) else []
 

@@ -8,7 +8,15 @@ from collections import Counter
 
 import dagster as dg
 
-from assets.metadata import counter_table, histogram_table, jpeg_data_uri, preview_table, rows, stage_metadata
+from assets.metadata import (
+    chat_image_mismatches,
+    counter_table,
+    histogram_table,
+    jpeg_data_uri,
+    preview_table,
+    rows,
+    stage_metadata,
+)
 from assets.partitions import video_drops, ready_partitions
 from assets.resources import BeamResource, GenerationResource, StorageResource
 from curation import generation, shards, video
@@ -27,7 +35,7 @@ A = pipe.ASSET
 
 
 class ProbeRunConfig(dg.Config):
-    """Acceptance limits of curation.video.probe and the wall-clock bound of one file's probe."""
+    """Acceptance limits of curation.video.probe; probe_timeout_s bounds each ffprobe/ffmpeg call."""
 
     min_side: int = video.DEFAULT_LIMITS.min_side
     max_duration_s: float = video.DEFAULT_LIMITS.max_duration_s
@@ -116,7 +124,7 @@ def video_probe(context: dg.AssetExecutionContext, config: ProbeRunConfig, stora
     p = context.partition_key
     limits = video.VideoLimits(min_side=config.min_side, max_duration_s=config.max_duration_s, check_tail=config.check_tail,
                                timeout_s=config.probe_timeout_s)
-    pipe.run_probe(storage.root, p, settings(limits=limits, probe_timeout_s=config.probe_timeout_s), beam_runner.argv())
+    pipe.run_probe(storage.root, p, settings(limits=limits), beam_runner.argv())
     n_in = len(pipe.drop_inputs(storage.root, p))
     murl, qurl = manifest_url(storage.root, A["probe"], p), quarantine_url(storage.root, A["probe"], p)
     kept, dropped = rows(murl), rows(qurl)
@@ -281,17 +289,15 @@ def video_shards(context: dg.AssetExecutionContext, config: VideoShardRunConfig,
                                                             max_shard_bytes=config.max_shard_bytes))
     problems, mismatched, preview = [], 0, None
     for index in indexes.values():
-        for url in index.tar_urls:
-            problems += shards.verify_shard(url)
-            for s in shards.iter_samples(url):
-                user = json.loads(s.fields["json"])["messages"][0]["content"]
-                n_parts = sum(1 for x in user if x.get("type") == "image")
-                imgs = sorted(f for f in s.fields if f.startswith("img"))
-                mismatched += n_parts != len(imgs)
-                if preview is None and index.dataset == "video":
-                    obj = json.loads(s.fields["json"])
-                    preview = (f"{obj['source'].rsplit('/', 1)[-1]} [{obj['clip_start']:.1f}-{obj['clip_end']:.1f} s]\n\n"
-                               f"{frame_strip([s.fields[f] for f in imgs])}\n\n```\n{obj['messages'][1]['content'][:600]}\n```")
+        problems += [x for url in index.tar_urls for x in shards.verify_shard(url)]
+        _, bad, first = chat_image_mismatches(index, keep=1)
+        mismatched += len(bad)
+        if first and index.dataset == "video":
+            s = first[0]
+            obj = json.loads(s.fields["json"])
+            imgs = sorted(f for f in s.fields if f.startswith("img"))
+            preview = (f"{obj['source'].rsplit('/', 1)[-1]} [{obj['clip_start']:.1f}-{obj['clip_end']:.1f} s]\n\n"
+                       f"{frame_strip([s.fields[f] for f in imgs])}\n\n```\n{obj['messages'][1]['content'][:600]}\n```")
     md = {"partitions": dg.MetadataValue.text(", ".join(parts))}
     for name, index in indexes.items():
         md[f"{name}_shards_url"] = dg.MetadataValue.path(index.url)

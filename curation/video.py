@@ -12,6 +12,7 @@ applies wins:
 | reason | when |
 |---|---|
 | ``zero_length`` | the file has 0 bytes, or the duration is unknown or <= 0, or the stream has < 2 frames (a still GIF is an image, not a video) |
+| ``timeout`` | ffprobe runs over ``VideoLimits.timeout_s`` (it is killed) |
 | ``unreadable_video`` | ffprobe fails (no container, moov atom missing: an MP4 cut before its index) |
 | ``no_video_stream`` | no video stream (audio-only; cover art, ``attached_pic``, is not video) |
 | ``too_long`` | duration > ``VideoLimits.max_duration_s`` |
@@ -68,11 +69,13 @@ Near-duplicate videos (``video_near_duplicates``): the rule is documented on the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,6 +125,8 @@ class VideoLimits:
     about 4 min of one core, measured on testsrc2; real footage decodes slower), so very long
     inputs are refused up front rather than discovered late.
     ``min_side`` (64 px): as for images; the real QCIF test clips (176x144) pass.
+    ``timeout_s``: wall-clock bound of each ffprobe/ffmpeg call of the probe (and of the keyframe
+    listing a pipeline runs after it).
     """
 
     min_side: int = 64
@@ -227,6 +232,46 @@ def _input(path: str | os.PathLike) -> str:
     return "./" + p if p.startswith("-") else p  # never let a file name read as an option
 
 
+def _kill_children_reading(path: str) -> None:
+    """Kill this process's child processes whose command line names ``path`` (their children first)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if path in child.cmdline():
+                for grandchild in child.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        grandchild.kill()
+                child.kill()
+
+
+def _probe_json(path: str, timeout: float | None) -> dict:
+    """``ffmpeg.probe`` bounded in wall-clock time. ffmpeg-python 0.2 has no timeout and gives no handle
+    on its ffprobe process, so the call runs in a thread; past ``timeout`` the ffprobe reading ``path``
+    is killed and ``VideoError('timeout')`` raised: one file that makes ffprobe hang must not stall a
+    worker."""
+    if timeout is None:
+        return ffmpeg.probe(path, cmd=FFPROBE)
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = ffmpeg.probe(path, cmd=FFPROBE)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="ffprobe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        _kill_children_reading(path)
+        worker.join(5)
+        raise VideoError("timeout", f"ffprobe ran over {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _ffmpeg(args: list[str], timeout: float | None, level: str = "error") -> subprocess.CompletedProcess:
     cmd = [FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-v", level, *args]
     try:
@@ -272,9 +317,11 @@ def probe(path: str | os.PathLike, limits: VideoLimits = DEFAULT_LIMITS) -> Vide
     if size == 0:
         return VideoInfo(False, "zero_length", "empty file", size_bytes=0)
     try:
-        data = ffmpeg.probe(_input(path), cmd=FFPROBE)
+        data = _probe_json(_input(path), limits.timeout_s)
     except ffmpeg.Error as exc:
         return VideoInfo(False, "unreadable_video", _tail(exc.stderr or b"") or "ffprobe failed", size_bytes=size)
+    except VideoError as exc:
+        return VideoInfo(False, exc.reason, exc.detail, size_bytes=size)
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     videos = [s for s in streams if s.get("codec_type") == "video"

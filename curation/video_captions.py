@@ -136,21 +136,28 @@ def format_interval(start: float, end: float) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def frame_parts(times: Sequence[float], frames: Sequence[bytes] | None = None) -> list[dict]:
+    """Chat content parts: each frame's timestamp, then the frame (its bytes, or a bare ``{"type":
+    "image"}`` placeholder when ``frames`` is None, as shards name images by field). Labels get one
+    decimal when frames are less than a second apart (short clips), so no two labels read the same."""
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    decimals = 1 if gaps and min(gaps) < 1.0 else 0
+    parts: list[dict] = []
+    for i, t in enumerate(times):
+        parts.append({"type": "text", "text": format_timestamp(max(0.0, t), decimals)})
+        parts.append({"type": "image", "image": frames[i]} if frames is not None else {"type": "image"})
+    return parts
+
+
 def caption_messages(frames: Sequence[bytes], times: Sequence[float], clip_duration: float) -> list[dict]:
     """Chat messages (OpenAI/vLLM format, as ``curation.generation`` takes them) for one clip.
 
-    ``times`` are the frames' times from the clip start. Each frame is preceded by its timestamp;
-    labels get one decimal when frames are less than a second apart (short clips), so no two
-    labels read the same.
+    ``times`` are the frames' times from the clip start. Each frame is preceded by its timestamp
+    (``frame_parts``).
     """
     if len(frames) != len(times) or not frames:
         raise ValueError("need one time per frame, and at least one frame")
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    decimals = 1 if gaps and min(gaps) < 1.0 else 0
-    content: list[dict] = []
-    for frame, t in zip(frames, times):
-        content.append({"type": "text", "text": format_timestamp(max(0.0, t), decimals)})
-        content.append({"type": "image", "image": frame})
+    content = frame_parts(times, frames)
     end = format_timestamp(math.ceil(clip_duration - 1e-9))
     content.append({"type": "text", "text": USER_TEMPLATE.format(n=len(frames), duration=end, seconds=clip_duration)})
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]

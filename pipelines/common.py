@@ -178,3 +178,22 @@ def manifest_digest(url: str, ignore: Sequence[str] = ()) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return hashlib.sha256(sink.getvalue().to_pybytes()).digest()
+
+
+def content_version(urls: Sequence[str], *salt: object, ignore: Sequence[str] = ()) -> str:
+    """A shard set's version: 'v-' + sha256 over ``salt`` (dataset name, settings that shape the
+    samples) and the content digest of each input manifest [:12]. Same inputs, same version: a re-run
+    rewrites the same folder; new inputs or settings, a new one."""
+    h = hashlib.sha256(repr(salt).encode())
+    for u in urls:
+        h.update(manifest_digest(u, ignore))
+    return "v-" + h.hexdigest()[:12]
+
+
+def landing_drops(root: str, track: str) -> list[str]:
+    """Drop folders under ``landing/<track>/`` (sorted; hidden folders, e.g. an upload in progress, left out)."""
+    fs, path = storage.filesystem(storage.join(root, "landing", track))
+    if not fs.exists(path):
+        return []
+    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+    return sorted(n for n in names if not n.startswith("."))

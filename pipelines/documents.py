@@ -54,7 +54,6 @@ text characters, then the smallest id. Non-representatives go to quarantine with
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import time
@@ -80,9 +79,10 @@ from curation.records import content_id
 from pipelines.common import (
     WriteManifest,
     cli_plan,
+    content_version,
     dead_letter_to_quarantine,
-    manifest_digest,
     format_exception,
+    landing_drops,
     manifest_url,
     quarantine_schema,
     quarantine_url,
@@ -183,10 +183,7 @@ class DocumentSettings:
 
 def list_partitions(root: str) -> list[str]:
     """Drop folders under landing/documents/ (sorted)."""
-    fs, path = storage.filesystem(storage.join(root, "landing", TRACK))
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+    return landing_drops(root, TRACK)
 
 
 def file_kind(name: str) -> str | None:
@@ -665,15 +662,6 @@ def run_ocr_grounding(root: str, partition: str, settings: DocumentSettings, arg
 # shards (corpus)
 
 
-def version_of(urls: Sequence[str], settings: object, salt: str = "") -> str:
-    """'v-' + sha256 over the input manifests' content and the settings [:12]: same inputs, same version."""
-    h = hashlib.sha256(salt.encode())
-    for u in urls:
-        h.update(manifest_digest(u))
-    h.update(repr(settings).encode())
-    return "v-" + h.hexdigest()[:12]
-
-
 def trainer_image(data: bytes, ext: str | None) -> tuple[bytes, str, int, int]:
     """(bytes, ext, width, height) the trainer can decode: kept as they are in a format Pillow reads
     (JPEG, PNG, WebP, GIF, BMP, TIFF), else re-encoded as PNG (JPEG 2000, JBIG2 from PDFs; via MuPDF
@@ -799,7 +787,7 @@ def run_interleaved_shards(root: str, partitions: Sequence[str], settings: Docum
         raise FileNotFoundError(f"interleaved_shards: {csrc} missing")
     isrcs = [u for u in (manifest_url(root, ASSET["images"], p) for p in partitions) if storage.exists(u)]
     srcs = [*qsrcs, csrc, *isrcs]
-    version = version_of(srcs, (settings.quality, settings.pdf_quality, settings.fetch), dataset)
+    version = content_version(srcs, dataset, settings.quality, settings.pdf_quality, settings.fetch)
     reps = {r["id"] for r in storage.read_records(csrc)}
 
     def samples() -> Iterator[shards.Sample]:
@@ -858,7 +846,7 @@ def run_ocr_grounding_shards(root: str, partitions: Sequence[str], settings: Doc
     rows = sorted((r for s in srcs for r in storage.read_records(s)), key=lambda r: r["id"])
     out = {}
     for dataset, task in (("ocr", "ocr"), ("grounding", "grounding")):
-        version = version_of(srcs, (settings.grounding, settings.pages_per_doc), dataset)
+        version = content_version(srcs, dataset, settings.grounding, settings.pages_per_doc)
         out[dataset] = shards.write_dataset(
             (ocr_grounding_sample(r) for r in rows if r["task"] == task), root, dataset, version,
             lineage=shards.input_lineage(srcs), samples_per_shard=settings.samples_per_shard,

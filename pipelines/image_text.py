@@ -44,8 +44,10 @@ from pipelines.generation import EngineSpec, GenerationModelHandler, resolve_spe
 from curation.records import content_id, sha256_hex
 from pipelines.common import (
     WriteManifest,
+    content_version,
     extend_schema,
     format_exception,
+    landing_drops,
     manifest_url,
     quarantine_schema,
     quarantine_url,
@@ -143,11 +145,7 @@ def landing_url(root: str, partition: str) -> str:
 
 def list_partitions(root: str) -> list[str]:
     """Drops present in landing/image_text/, sorted (sort order = precedence order)."""
-    fs, path = storage.filesystem(storage.join(root, "landing", TRACK))
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)
-                  and not p.rstrip("/").rsplit("/", 1)[-1].startswith("."))
+    return landing_drops(root, TRACK)
 
 
 def drop_relative_key(source_key: str, drop_url: str, partition: str) -> str:
@@ -780,16 +778,6 @@ def run_recaption(root: str, partition: str, settings: ImageTextSettings, argv: 
     return run_pipeline(argv, build, test_pipeline)
 
 
-def shard_version(srcs: Sequence[str], settings: ImageTextSettings) -> str:
-    """A content version for the shard set: hash of the input manifests' bytes and the shard settings."""
-    h = hashlib.sha256()
-    for s in srcs:
-        h.update(s.rsplit("/", 1)[-1].encode())
-        h.update(hashlib.sha256(storage.read_bytes(s)).digest())
-    h.update(f"{settings.samples_per_shard}:{settings.max_shard_bytes}".encode())
-    return "v-" + h.hexdigest()[:12]
-
-
 def _sample_for_shard(rec: dict, fetch_limits: ingest.FetchLimits) -> shards.Sample:
     data = ingest.load_bytes(rec, fetch_limits)
     ext = {"jpeg": "jpg", "tiff": "tif"}.get(rec["format"], rec["format"])
@@ -829,7 +817,7 @@ def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings
     missing = [s for s in srcs if not storage.exists(s)]
     if missing:
         raise FileNotFoundError(f"shards: upstream manifests missing: {missing}")
-    version = shard_version(srcs, settings)
+    version = content_version(srcs, settings.dataset, settings.samples_per_shard, settings.max_shard_bytes)
     out_url = storage.join(root, "shards", settings.dataset, version)
     lineage = {"inputs": [{"manifest": s, "sha256": hashlib.sha256(storage.read_bytes(s)).hexdigest()} for s in srcs],
                "upstream_asset": upstream}

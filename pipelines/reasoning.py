@@ -16,7 +16,6 @@ Rejected prompts and samples go to quarantine/<asset>/<drop>.parquet with their 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from curation import generation, reasoning, shards, storage
 from pipelines.common import (
     WriteManifest,
     cli_plan,
+    content_version,
+    landing_drops,
     manifest_url,
     quarantine_schema,
     quarantine_url,
@@ -83,10 +84,8 @@ class ReasoningSettings:
 
 
 def list_partitions(root: str) -> list[str]:
-    fs, path = storage.filesystem(storage.join(root, "landing", TRACK))
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+    """Drop folders under landing/reasoning/ (sorted)."""
+    return landing_drops(root, TRACK)
 
 
 def _inputs(root: str, partition: str) -> list[str]:
@@ -305,10 +304,7 @@ def run_verified(root: str, partition: str, settings: ReasoningSettings, argv: S
 def run_sft_shards(root: str, partitions: Sequence[str], settings: ReasoningSettings) -> shards.ShardIndex:
     """Accepted samples as chat-format SFT shards (key = sample id; json + txt of the messages)."""
     srcs = [manifest_url(root, "cot_verified", p) for p in partitions]
-    h = hashlib.sha256()
-    for s in srcs:
-        h.update(hashlib.sha256(storage.read_bytes(s)).digest())
-    version = "v-" + h.hexdigest()[:12]
+    version = content_version(srcs, settings.dataset, settings.samples_per_shard)
     rows = sorted((r for s in srcs for r in storage.read_records(s)), key=lambda r: r["id"])
     samples = (shards.Sample(key=r["id"], fields={"json": r["sft_sample"].encode()},
                              metadata={"prompt_id": r["prompt_id"], "pass_rate": r["pass_rate"], "model": r["model"],

@@ -28,11 +28,9 @@ than skipped. ffmpeg needs a local file: other fsspec URLs are copied to a tempo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,8 +46,9 @@ from curation import generation, shards, storage, video, video_captions
 from pipelines.common import (
     WriteManifest,
     cli_plan,
+    content_version,
     format_exception,
-    manifest_digest,
+    landing_drops,
     manifest_url,
     quarantine_schema,
     quarantine_url,
@@ -115,7 +114,6 @@ class VideoSettings:
     """
 
     limits: video.VideoLimits = field(default_factory=video.VideoLimits)
-    probe_timeout_s: float = 60.0  # wall-clock bound of one file's probe (ffprobe + tail check)
     hash_positions: int = video.DEFAULT_POSITIONS  # aligned frames per video for same-footage hashing
     hash_frame_size: int = 160  # pHash reduces to 32x32: small frames hash the same, decode cheaper
     phash_k: int = 10
@@ -139,10 +137,8 @@ class VideoSettings:
 
 
 def list_partitions(root: str) -> list[str]:
-    fs, path = storage.filesystem(storage.join(root, "landing", TRACK))
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+    """Drop folders under landing/video/ (sorted)."""
+    return landing_drops(root, TRACK)
 
 
 def is_sidecar(name: str) -> bool:
@@ -184,52 +180,6 @@ def local_file(url: str) -> Iterator[str]:
         yield tmp.name
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _kill_tools_on(path: str) -> None:
-    """End the ffmpeg/ffprobe processes this process started on ``path`` (by pid, children first)."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - dagster depends on psutil
-        return
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if path in child.cmdline():
-                for c in child.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        c.kill()
-                child.kill()
-
-
-def with_deadline(fn, timeout_s: float, path: str):  # noqa: ANN001, ANN201
-    """``fn()`` bounded in wall-clock time: past ``timeout_s`` its ffmpeg/ffprobe children on ``path``
-    are killed and ``VideoError('timeout')`` is raised. ffmpeg-python's probe has no timeout of its own,
-    and one file that makes ffprobe hang must not stall a worker."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            box["error"] = e
-
-    t = threading.Thread(target=target, name="video-probe", daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        _kill_tools_on(path)
-        raise video.VideoError("timeout", f"probe ran over {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 # ----------------------------------------------------------------------------------------------
 # probe
 
@@ -243,12 +193,12 @@ class ProbeVideo(beam.DoFn):
     def process(self, item: dict):
         s = self.settings
         with local_file(item["source"]) as path:
-            rec = dict(item, id=file_sha256(path), keyframes=[], keyframe_interval_s=None, dup_of=None)
+            rec = dict(item, id=shards.file_sha256(path), keyframes=[], keyframe_interval_s=None, dup_of=None)
             try:
-                info = with_deadline(lambda: video.probe(path, s.limits), s.probe_timeout_s, path)
+                info = video.probe(path, s.limits)
                 rec.update(info.as_record())
                 if info.ok:
-                    kfs = with_deadline(lambda: video.keyframe_times(path, timeout=s.probe_timeout_s), s.probe_timeout_s, path)
+                    kfs = video.keyframe_times(path, timeout=s.limits.timeout_s)
                     rec.update(keyframes=kfs, keyframe_interval_s=(info.duration or 0.0) / max(1, len(kfs)))
             except video.VideoError as e:
                 Metrics.counter(TRACK, f"probe_drop_{e.reason}").inc()
@@ -595,16 +545,6 @@ def run_temporal_grounding(root: str, partition: str, settings: VideoSettings, a
 # shards (corpus)
 
 
-def frame_parts(frame_times: Sequence[float]) -> list[dict]:
-    """User-turn parts: each frame's timestamp (as ``caption_messages`` labels it) then the frame."""
-    gaps = [b - a for a, b in zip(frame_times, frame_times[1:])]
-    decimals = 1 if gaps and min(gaps) < 1.0 else 0
-    parts: list[dict] = []
-    for t in frame_times:
-        parts += [{"type": "text", "text": video_captions.format_timestamp(max(0.0, t), decimals)}, {"type": "image"}]
-    return parts
-
-
 def image_fields(frames: Sequence[bytes]) -> dict[str, bytes]:
     """img000.jpg, img001.jpg ... in the order of the user turn's image parts (the trainer sorts names)."""
     return {f"img{i:03d}.jpg": bytes(f) for i, f in enumerate(frames)}
@@ -636,7 +576,7 @@ def grounding_sample(clip: dict, g: dict) -> shards.Sample:
     end = video_captions.format_timestamp(float(np.ceil(clip["duration"] - 1e-9)))
     text = GROUNDING_TEMPLATE.format(n=len(clip["frames"]), duration=end, query=g["query"])
     obj = {"id": g["id"], "task": "temporal",
-           "messages": [{"role": "user", "content": frame_parts(clip["frame_times"]) + [{"type": "text", "text": text}]},
+           "messages": [{"role": "user", "content": video_captions.frame_parts(clip["frame_times"]) + [{"type": "text", "text": text}]},
                         {"role": "assistant", "content": g["answer"]}],
            "video_id": g["video_id"], "clip_id": g["clip_id"], "source": g["source"], "partition": g["partition"],
            "clip_start": g["clip_start"], "clip_end": g["clip_end"], "query": g["query"], "answer": g["answer"],
@@ -657,17 +597,6 @@ SHARD_METADATA_SCHEMA = pa.schema([
 VOLATILE_COLUMNS = frozenset({"cached"})  # differ between runs of the same content
 
 
-def shard_version(srcs: Sequence[str], dataset: str, settings: VideoSettings) -> str:
-    """"v-" + sha256 of the input manifests' content, the dataset and the shard settings [:12]: a re-run
-    over the same inputs writes the same version (idempotent), new inputs a new one."""
-    h = hashlib.sha256(dataset.encode())
-    for s in srcs:
-        h.update(s.rsplit("/", 2)[-2].encode() + b"/" + s.rsplit("/", 1)[-1].encode())
-        h.update(manifest_digest(s, VOLATILE_COLUMNS))
-    h.update(f"{settings.samples_per_shard}:{settings.max_shard_bytes}".encode())
-    return "v-" + h.hexdigest()[:12]
-
-
 def run_shards(root: str, partitions: Sequence[str], settings: VideoSettings) -> dict[str, shards.ShardIndex]:
     """Both datasets: ``video`` (dense caption + events per clip) and ``temporal_grounding`` (one
     question per event, answer ``[mm:ss, mm:ss]``), as shards/<dataset>/<version>/ + LATEST.json."""
@@ -676,7 +605,8 @@ def run_shards(root: str, partitions: Sequence[str], settings: VideoSettings) ->
                                  ("temporal_grounding", ASSET["temporal_grounding"], grounding_sample)):
         clip_srcs = [manifest_url(root, ASSET["clips"], p) for p in partitions]
         row_srcs = [manifest_url(root, asset, p) for p in partitions]
-        version = shard_version(clip_srcs + row_srcs, dataset, settings)
+        version = content_version(clip_srcs + row_srcs, dataset, settings.samples_per_shard, settings.max_shard_bytes,
+                                  ignore=VOLATILE_COLUMNS)
         rows = sorted((r for s in row_srcs for r in storage.read_records(s)), key=lambda r: r["id"])
 
         def samples(rows=rows, clip_srcs=clip_srcs, make=make) -> Iterator[shards.Sample]:  # noqa: ANN001

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from assets.definitions import defs
 from assets.partitions import document_drops, image_text_drops, video_drops
@@ -67,24 +68,16 @@ def test_sensor_registers_each_new_drop_once(tmp_path: Path) -> None:
         assert not again.run_requests and "no new drops" in again.skip_reason.skip_message
 
 
-def test_document_sensor_requests_the_parse_job(tmp_path: Path) -> None:
-    (tmp_path / "landing" / "documents" / "pdf-1").mkdir(parents=True)
-    (tmp_path / "landing" / "image_text" / "other").mkdir(parents=True)  # another track's drop: not ours
+@pytest.mark.parametrize("sensor, partitions_def, track, job, first", [
+    (document_drop_sensor, document_drops, "documents", "document_ingest", {"documents_parsed"}),
+    (video_drop_sensor, video_drops, "video", "video_ingest", {"video_probe"}),
+])
+def test_track_sensor_requests_its_ingest_job(tmp_path: Path, sensor, partitions_def, track, job, first) -> None:
+    (tmp_path / "landing" / track / "drop-1").mkdir(parents=True)
+    other = "image_text" if track != "image_text" else "video"
+    (tmp_path / "landing" / other / "other").mkdir(parents=True)  # another track's drop: not ours
     with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance, resources={"storage": StorageResource(root=str(tmp_path))})
-        result = document_drop_sensor(ctx)
-        assert [r.partition_key for r in result.run_requests] == ["pdf-1"]
-        assert result.dynamic_partitions_requests[0].partitions_def_name == document_drops.name
-        job = defs.resolve_job_def("document_ingest")
-        assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {"documents_parsed"}
-
-
-def test_video_sensor_requests_the_probe_job(tmp_path: Path) -> None:
-    (tmp_path / "landing" / "video" / "cam-1").mkdir(parents=True)
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance, resources={"storage": StorageResource(root=str(tmp_path))})
-        result = video_drop_sensor(ctx)
-        assert [r.partition_key for r in result.run_requests] == ["cam-1"]
-        assert result.dynamic_partitions_requests[0].partitions_def_name == video_drops.name
-        job = defs.resolve_job_def("video_ingest")
-        assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {"video_probe"}
+        result = sensor(dg.build_sensor_context(instance=instance, resources={"storage": StorageResource(root=str(tmp_path))}))
+        assert [r.partition_key for r in result.run_requests] == ["drop-1"]
+        assert result.dynamic_partitions_requests[0].partitions_def_name == partitions_def.name
+        assert {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys} == first

