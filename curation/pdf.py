@@ -32,7 +32,7 @@ Per page, in this order:
    a quarantined one.
 3. Tables: ``curation.pdf_tables.find_tables``, the lattice method of pymupdf's
    ``page.find_tables()`` (rules -> snapped/joined edges -> crossings -> cells -> tables) with cell
-   text from the page's words instead of pymupdf's per-character Python objects: 8x faster than
+   text from the page's words instead of pymupdf's per-character Python objects: 9.6x faster than
    pymupdf's finder on the gated sample pages, the same boxes and grid shapes on the real tables,
    and cell text that keeps what character boxes lose (``FUNCTION_ID``, not ``FUNCTION ID _``).
    It only runs on pages whose drawings (``get_cdrawings()``) could form a table: at least
@@ -297,6 +297,8 @@ _LETTERS = re.compile(r"[^\W\d_]")
 def is_rtl(text: str, sample: int = 4000) -> bool:
     """True when most letters (of the first ``sample`` characters) are Hebrew or Arabic script."""
     text = text[:sample]
+    if not _RTL_CHARS.search(text):  # the common case, without counting every letter
+        return False
     return len(_RTL_CHARS.findall(text)) * 2 > len(_LETTERS.findall(text))
 
 

@@ -62,7 +62,7 @@ class Table:
         return len(self.cells[0]) if self.cells else 0
 
 
-def _segments(rects: np.ndarray, page_rect: Box, snap: float) -> tuple[list[Box], list[Box]]:
+def _segments(rects: np.ndarray, page_rect: Box, snap: float) -> tuple[np.ndarray, np.ndarray]:
     """Edges of the rectangles: horizontal (y, x0, x1) and vertical (x, y0, y1).
 
     A rectangle at most ``snap`` thick is one rule along its middle (a stroked line or a filled
@@ -90,11 +90,11 @@ def _segments(rects: np.ndarray, page_rect: Box, snap: float) -> tuple[list[Box]
         np.stack([r[box, 0], r[box, 1], r[box, 3]], 1),
         np.stack([r[box, 2], r[box, 1], r[box, 3]], 1),
     ])
-    return [tuple(x) for x in hs.tolist()], [tuple(x) for x in vs.tolist()]
+    return hs, vs
 
 
-def _components(boxes: np.ndarray, tol: float) -> list[np.ndarray]:
-    """Groups of boxes that touch (within ``tol``): connected components of the overlap graph.
+def _components(boxes: np.ndarray, tol: float) -> np.ndarray:
+    """Group label of each box: connected components of the touch (within ``tol``) graph.
 
     Sweep over x: boxes sorted by left edge; a block of them is compared only with the later
     boxes that start before the block's rightmost edge (each pair once), in blocks of 256 to
@@ -118,53 +118,63 @@ def _components(boxes: np.ndarray, tol: float) -> list[np.ndarray]:
     r, c = np.concatenate(rows), np.concatenate(cols)
     graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    grouped = np.argsort(labels, kind="stable")
-    return [order[g] for g in np.split(grouped, np.nonzero(np.diff(labels[grouped]))[0] + 1)]
+    out = np.empty(n, dtype=np.int64)
+    out[order] = labels  # labels of the boxes in their given order
+    return out
 
 
-def _outlines(rects: np.ndarray, text: np.ndarray, tol: float) -> tuple[list[Box], list[Box]]:
+def _outlines(rects: np.ndarray, text: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Outline edges of each group of touching rectangles that holds text (e.g. a table whose
     rules stop short of its sides, or booktabs rules joined by short vertical ones)."""
+    empty = np.empty((0, 3))
     if len(rects) < 2 or not len(text):
-        return [], []
-    hs: list[Box] = []
-    vs: list[Box] = []
-    for group in _components(rects, tol):
-        if len(group) < 2:
-            continue  # a lone rectangle's own sides are already edges
-        g = rects[group]
-        x0, y0, x1, y1 = g[:, 0].min(), g[:, 1].min(), g[:, 2].max(), g[:, 3].max()
-        inside = (text[:, 0] < x1) & (text[:, 2] > x0) & (text[:, 1] < y1) & (text[:, 3] > y0)
-        if x1 - x0 > tol and y1 - y0 > tol and inside.any():
-            hs += [(y0, x0, x1), (y1, x0, x1)]
-            vs += [(x0, y0, y1), (x1, y0, y1)]
+        return empty, empty
+    labels = _components(rects, tol)
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    starts = np.r_[0, np.nonzero(np.diff(lab))[0] + 1]
+    sizes = np.diff(np.r_[starts, len(lab)])
+    g = rects[order]
+    boxes = np.stack([
+        np.minimum.reduceat(g[:, 0], starts), np.minimum.reduceat(g[:, 1], starts),
+        np.maximum.reduceat(g[:, 2], starts), np.maximum.reduceat(g[:, 3], starts),
+    ], 1)
+    # a lone rectangle's own sides are already edges
+    boxes = boxes[(sizes >= 2) & (boxes[:, 2] - boxes[:, 0] > tol) & (boxes[:, 3] - boxes[:, 1] > tol)]
+    if not len(boxes):
+        return empty, empty
+    inside = (
+        (text[None, :, 0] < boxes[:, None, 2]) & (text[None, :, 2] > boxes[:, None, 0])
+        & (text[None, :, 1] < boxes[:, None, 3]) & (text[None, :, 3] > boxes[:, None, 1])
+    ).any(1)
+    x0, y0, x1, y1 = boxes[inside].T
+    hs = np.concatenate([np.stack([y0, x0, x1], 1), np.stack([y1, x0, x1], 1)])
+    vs = np.concatenate([np.stack([x0, y0, y1], 1), np.stack([x1, y0, y1], 1)])
     return hs, vs
 
 
-def _merge(segs: list[Box], snap: float, join: float, min_len: float) -> list[Box]:
-    """Snap positions within ``snap`` to their mean, join collinear pieces with gaps <= ``join``."""
-    if not segs:
+def _merge(segs: np.ndarray, snap: float, join: float, min_len: float) -> list[Box]:
+    """Snap positions within ``snap`` to their mean, join collinear pieces with gaps <= ``join``.
+
+    Positions chain into one line while consecutive sorted positions are at most ``snap`` apart
+    (as pdfplumber clusters them); each line's pieces, sorted by start, join while a piece starts
+    within ``join`` of the furthest end so far.
+    """
+    if not len(segs):
         return []
-    segs = sorted(segs)
-    clusters: list[list[Box]] = [[segs[0]]]
-    for s in segs[1:]:
-        if s[0] - clusters[-1][-1][0] <= snap:  # chained, as pdfplumber clusters positions
-            clusters[-1].append(s)
-        else:
-            clusters.append([s])
-    out: list[Box] = []
-    for cl in clusters:
-        pos = sum(s[0] for s in cl) / len(cl)
-        spans = sorted((s[1], s[2]) for s in cl)
-        a, b = spans[0]
-        for c, d in spans[1:]:
-            if c <= b + join:
-                b = max(b, d)
-            else:
-                out.append((pos, a, b))
-                a, b = c, d
-        out.append((pos, a, b))
-    return [s for s in out if s[2] - s[1] >= min_len]
+    segs = segs[np.argsort(segs[:, 0], kind="stable")]
+    line = np.r_[0, np.cumsum(np.diff(segs[:, 0]) > snap)]
+    pos = np.bincount(line, weights=segs[:, 0]) / np.bincount(line)
+    segs = segs[np.lexsort((segs[:, 1], line))]
+    line = np.sort(line, kind="stable")
+    # furthest end so far within each line: offset lines apart so one running max serves all
+    span = float(np.abs(segs[:, 1:]).max()) * 2 + join + 1
+    reach = np.maximum.accumulate(segs[:, 2] + line * span) - line * span
+    new = np.r_[True, (line[1:] != line[:-1]) | (segs[1:, 1] > reach[:-1] + join)]
+    starts = np.nonzero(new)[0]
+    out = np.stack([pos[line[starts]], np.minimum.reduceat(segs[:, 1], starts), np.maximum.reduceat(segs[:, 2], starts)], 1)
+    out = out[out[:, 2] - out[:, 1] >= min_len]
+    return [tuple(x) for x in out.tolist()]
 
 
 def _cells(hs: list[Box], vs: list[Box], tol: float) -> list[Box]:
@@ -304,8 +314,8 @@ def find_tables(
     hs, vs = _segments(boxes, prect, s.snap)
     groups = boxes if drawings is None else np.array(drawings, dtype=float).reshape(-1, 4)
     oh, ov = _outlines(groups, text, s.snap)
-    hs = _merge(hs + oh, s.snap, s.join, s.min_edge)
-    vs = _merge(vs + ov, s.snap, s.join, s.min_edge)
+    hs = _merge(np.concatenate([hs, oh]), s.snap, s.join, s.min_edge)
+    vs = _merge(np.concatenate([vs, ov]), s.snap, s.join, s.min_edge)
     tables: list[Table] = []
     for group in _group(_cells(hs, vs, s.intersection)):
         x0s = sorted({c[0] for c in group})
