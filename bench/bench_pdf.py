@@ -10,8 +10,8 @@ One process, one core. Variants, each over the whole set:
 (a) baseline ``pymupdf.open`` + ``page.get_text('dict')`` on every page (default flags: this
     includes every image decoded and re-encoded into the dict);
 (a') the same without ``TEXT_PRESERVE_IMAGES`` (text only: what a text extractor pays);
-(b) ``parse_pdf(ocr=False, tables=False)``: text, images (bytes extracted once per xref),
-    headers/footers, reading order;
+(b) ``parse_pdf(ocr=False, tables=False)``: text (lines from MuPDF's JSON writer), images
+    (bytes extracted once per xref), headers/footers, reading order;
 (c) ``parse_pdf(ocr=False)``: (b) plus tables (``curation.pdf_tables``) on the pages the rule
     gate lets through;
 (d) what a user writes for text and tables with pymupdf alone: (a) plus ``page.find_tables()``
@@ -178,10 +178,11 @@ def main(argv: list[str] | None = None) -> None:
         "",
         markdown_table(["variant", "seconds", "pages/s", "overhead vs (a)", "vs (a')"], rows),
         "",
-        "Goal (issue 4): overhead <= 15% over (a). (b) adds the layout work to the text (blocks split, "
+        "Goal (issue 4): overhead <= 15% over (a). (b) reads the text page's lines through MuPDF's JSON writer "
+        "(`curation.pdf.page_lines`, a third of what `extractDICT()` costs) and adds the layout work (blocks split, "
         "headers/footers, column order, image bytes once per xref, a second image-preserving text page on pages "
         "with images); (a) includes decoding and re-encoding every image placement, (a') does not. (c) adds "
-        "tables: `get_cdrawings()` on every page for the rule gate (about 0.4 s of the difference here), then "
+        "tables: `get_cdrawings()` on every page for the rule gate (about 0.45 s of the difference here), then "
         "the lattice finder of `curation.pdf_tables` on the gated pages. (d) is what text plus tables cost with "
         "pymupdf alone (the table finder runs its own drawing and character extraction on every page): the "
         "baseline a user would otherwise write for the same content, without layout, images or reading order.",

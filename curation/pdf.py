@@ -17,7 +17,8 @@ but no text, table or image on any of them).
 
 Per page, in this order:
 
-1. Text blocks from ``page.get_text('dict')`` without embedded images (images come from the xref
+1. Text blocks and lines of MuPDF's text page (``page_lines``: read from its JSON writer, at a
+   third of the cost of ``extractDICT()``) without embedded images (images come from the xref
    table instead, so their bytes are read once per document, not decoded per placement) and without
    ligatures (``ﬁ`` -> ``fi``, as pdftotext does); a block is split where its lines lie side by
    side more than ``block_split_gap`` apart. Lines of a block are joined with a space, or
@@ -32,7 +33,7 @@ Per page, in this order:
    a quarantined one.
 3. Tables: ``curation.pdf_tables.find_tables``, the lattice method of pymupdf's
    ``page.find_tables()`` (rules -> snapped/joined edges -> crossings -> cells -> tables) with cell
-   text from the page's words instead of pymupdf's per-character Python objects: 9.6x faster than
+   text from the page's words instead of pymupdf's per-character Python objects: about 9.5x faster than
    pymupdf's finder on the gated sample pages, the same boxes and grid shapes on the real tables,
    and cell text that keeps what character boxes lose (``FUNCTION_ID``, not ``FUNCTION ID _``).
    It only runs on pages whose drawings (``get_cdrawings()``) could form a table: at least
@@ -71,6 +72,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
 import unicodedata
@@ -349,6 +351,53 @@ def _join_lines(lines: list[str]) -> str:
     return " ".join(parts)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SCALE = 1000.0  # MuPDF's JSON writer prints coordinates as integers: keep 1/1000 pt
+
+
+def page_lines(textpage: pymupdf.TextPage) -> dict:
+    """Text blocks and lines of a text page, shaped like ``extractDICT()`` but with one span per
+    line: ``{'blocks': [{'type': 0, 'lines': [{'bbox', 'spans': [{'text'}]}]}]}``.
+
+    Written by MuPDF's own JSON writer (line text and line box, no per-span dicts) and read with
+    ``json.loads``: a third of the cost of ``extractDICT()``, which builds a Python dict per span
+    with fonts, colours and origins that the parser never reads (0.18 s instead of 0.6 s on the
+    564 sample pages). Line boxes are MuPDF's glyph boxes; ``extractDICT()`` re-derives them from
+    the fonts' ascender and descender, so the two differ in height by up to a point or two.
+    Lines of zero width or height (only zero-size glyphs) are dropped, as ``extractDICT()`` drops
+    them. Zero-width characters inside a line, which it drops too, stay: combining marks of
+    formulas (the stroke of a ``≠``, and stray vector arrows of TeX accents that MuPDF writes
+    into a neighbouring line). On the sample PDFs 8 of 12,506 elements get another text this way
+    or from a formula grouped differently.
+    Lone surrogates become U+FFFD, as there.
+    """
+    buf = pymupdf.mupdf.fz_new_buffer(16384)
+    out = pymupdf.mupdf.FzOutput(buf)
+    pymupdf.mupdf.fz_print_stext_page_as_json(out, textpage.this, _JSON_SCALE)
+    out.fz_close_output()
+    try:
+        raw = json.loads(bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf)))
+    except ValueError:  # not seen on the sample PDFs; the dict is slower but always well-formed
+        return textpage.extractDICT()
+    k = 1.0 / _JSON_SCALE
+    blocks = []
+    for b in raw.get("blocks", ()):
+        if b.get("type") != "text":
+            continue
+        lines = []
+        for line in b.get("lines", ()):
+            r = line["bbox"]
+            if r["w"] <= 0 or r["h"] <= 0:  # only zero-size glyphs (dots of a TikZ figure)
+                continue
+            x, y = r["x"] * k, r["y"] * k
+            text = line.get("text", "")
+            if not text.isascii():
+                text = _LONE_SURROGATE.sub("\ufffd", text)
+            lines.append({"bbox": (x, y, x + r["w"] * k, y + r["h"] * k), "spans": [{"text": text}]})
+        blocks.append({"type": 0, "lines": lines})
+    return {"blocks": blocks}
+
+
 def _text_blocks(page_dict: dict, gap: float = 18.0) -> list[tuple[list[float], str, int]]:
     """(bbox, text, number of lines) of each text block, split into side-by-side parts.
 
@@ -590,7 +639,7 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
     """Elements of one page (unordered), or 'needs_ocr'."""
     p = _Page(page.number + 1, float(page.rect.width), float(page.rect.height))
     textpage = page.get_textpage(flags=TEXT_FLAGS)  # one text extraction for blocks and table cells
-    blocks = _text_blocks(textpage.extractDICT(), config.block_split_gap)
+    blocks = _text_blocks(page_lines(textpage), config.block_split_gap)
     placements = _placements(page, config)
     page_area = _area(page.rect) or 1.0
     cover = sum(_area(b) for _, _, b in placements) / page_area

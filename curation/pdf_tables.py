@@ -19,7 +19,7 @@ crossings, cells that share corners -> one table. What differs, and why:
 
 Settings mirror pymupdf's defaults (3 pt snap, join and intersection tolerances, 3 pt shortest
 edge). ``bench/bench_pdf.py`` compares both finders on every gated page of ../shared/data/pdf
-(9.6x faster, the same tables on 141 of 154 pages, the rest labelled vector figures), and
+(about 9.5x faster, the same tables on 141 of 154 pages, the rest labelled vector figures), and
 ``tests/curation/test_pdf_tables.py`` checks the real tables against ``page.find_tables()``.
 """
 

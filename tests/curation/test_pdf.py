@@ -13,18 +13,21 @@ from PIL import Image
 
 from curation.ocr_grounding import cer, normalised_edit_distance
 from curation.pdf import (
+    TEXT_FLAGS,
     PdfConfig,
+    _text_blocks,
     header_key,
     is_page_number,
     is_rtl,
     ocr_available,
+    page_lines,
     parse_pdf,
     reading_order,
     to_markdown,
 )
 from curation.records import content_id
 
-# the whole corpus runs without the table finder (it costs 3x the rest together, see bench_pdf);
+# the whole corpus runs without the table finder (it costs about as much as the rest, see bench_pdf);
 # tables are tested on the documents that have them, with the default config
 FAST = PdfConfig(ocr=False, tables=False)
 NO_OCR = PdfConfig(ocr=False)
@@ -44,6 +47,8 @@ NEEDS_OCR = {
 ENCRYPTED = "py_pdf_samples/005-libreoffice-writer-password__libreoffice-writer-password.pdf"
 # MuPDF repairs the broken xref of this file but finds no page tree in it (pypdf reads 4 pages)
 UNREADABLE = "py_pdf_samples/017-unreadable-meta-data__unreadablemetadata.pdf"
+
+EXPECTED_DOCLING_BLOCKS = 812  # text blocks on the pages of pdf/docling_tests
 
 requires_ocr = pytest.mark.skipif(
     not ocr_available(), reason="Tesseract missing: apt-get install tesseract-ocr tesseract-ocr-eng"
@@ -369,3 +374,60 @@ def test_markdown_preview_has_tables_and_images(pdf_dir):
     md = to_markdown(parse_pdf((pdf_dir / key).read_bytes(), key, NO_OCR).document, page_breaks=True)
     assert re.search(r"!\[\]\([0-9a-f]{64}\.(png|jpeg)\)", md)
     assert "|---|" in md
+
+
+def _dict_blocks(textpage: pymupdf.TextPage) -> list[tuple[list[float], str, int]]:
+    return _text_blocks(textpage.extractDICT())
+
+
+def test_page_lines_match_extract_dict_on_base14_text():
+    doc = pymupdf.open()
+    page = doc.new_page(width=5000, height=800)  # wide: coordinates past 1e6 in MuPDF's JSON units
+    page.insert_text((72.25, 100.5), "Naïve café, déjà vu", fontsize=11)
+    page.insert_text((4321.125, 300.75), "far right", fontsize=9)
+    tp = page.get_textpage(flags=TEXT_FLAGS)
+    ours = [ln for b in page_lines(tp)["blocks"] for ln in b["lines"]]
+    theirs = [ln for b in tp.extractDICT()["blocks"] for ln in b["lines"]]
+    assert [ln["spans"][0]["text"] for ln in ours] == ["Naïve café, déjà vu", "far right"]
+    assert [ln["spans"][0]["text"] for ln in ours] == ["".join(s["text"] for s in ln["spans"]) for ln in theirs]
+    for a, b in zip(ours, theirs):
+        assert max(abs(u - v) for u, v in zip(a["bbox"], b["bbox"])) <= 0.002
+
+
+def test_page_lines_same_blocks_as_extract_dict_on_docling_pages(pdf_dir):
+    """Same blocks and text on every page of docling's test PDFs (Korean, Arabic, Hebrew, tables,
+    code, formulas); the lone surrogate of skipped_1page's broken Korean font becomes U+FFFD."""
+    n_blocks = 0
+    for path in sorted((pdf_dir / "docling_tests").glob("*.pdf")):
+        for page in pymupdf.open(path):
+            tp = page.get_textpage(flags=TEXT_FLAGS)
+            ours, theirs = _text_blocks(page_lines(tp)), _dict_blocks(tp)
+            assert [t for _, t, _ in ours] == [t for _, t, _ in theirs], (path.name, page.number)
+            assert [n for _, _, n in ours] == [n for _, _, n in theirs]
+            n_blocks += len(ours)
+    assert n_blocks == EXPECTED_DOCLING_BLOCKS
+
+
+def test_page_lines_drop_zero_size_glyph_lines(pdf_dir):
+    # GeoTopo p. 40: a TikZ figure's 28 dots are 'b' glyphs of zero width, which extractDICT drops
+    page = pymupdf.open(pdf_dir / "py_pdf_samples/009-pdflatex-geotopo__GeoTopo-komprimiert.pdf")[39]
+    tp = page.get_textpage(flags=TEXT_FLAGS)
+    ours = [ln for b in page_lines(tp)["blocks"] for ln in b["lines"]]
+    assert all(ln["bbox"][2] > ln["bbox"][0] and ln["bbox"][3] > ln["bbox"][1] for ln in ours)
+    assert Counter(ln["spans"][0]["text"] for ln in ours) == Counter(
+        "".join(s["text"] for s in ln["spans"]) for b in tp.extractDICT()["blocks"] for ln in b["lines"]
+    )
+
+
+def test_page_lines_fall_back_to_the_dict_when_the_json_does_not_parse(monkeypatch):
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "fallback line", fontsize=11)
+    tp = doc[0].get_textpage(flags=TEXT_FLAGS)
+
+    def broken(_: bytes) -> None:
+        raise ValueError("Invalid \\escape")
+
+    monkeypatch.setattr("curation.pdf.json.loads", broken)
+    got = page_lines(tp)
+    assert [s["text"] for b in got["blocks"] for ln in b["lines"] for s in ln["spans"]] == ["fallback line"]
+    assert "font" in got["blocks"][0]["lines"][0]["spans"][0]  # extractDICT's spans, not page_lines'
