@@ -12,8 +12,9 @@ One process, one core. Variants, each over the whole set:
 (a') the same without ``TEXT_PRESERVE_IMAGES`` (text only: what a text extractor pays);
 (b) ``parse_pdf(ocr=False, tables=False)``: text (lines from MuPDF's JSON writer), images
     (bytes extracted once per xref), headers/footers, reading order;
-(c) ``parse_pdf(ocr=False)``: (b) plus tables (``curation.pdf_tables``) on the pages the rule
-    gate lets through;
+(c) ``parse_pdf(ocr=False)``: (b) plus tables: the page's vector paths collected by the same
+    text pass (``VECTOR_FLAGS``), the rule gate, and ``curation.pdf_tables`` on the pages the gate
+    lets through;
 (d) what a user writes for text and tables with pymupdf alone: (a) plus ``page.find_tables()``
     on every page (no layout, no images, no reading order).
 
@@ -182,8 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         "(`curation.pdf.page_lines`, a third of what `extractDICT()` costs) and adds the layout work (blocks split, "
         "headers/footers, column order, image bytes once per xref, a second image-preserving text page on pages "
         "with images); (a) includes decoding and re-encoding every image placement, (a') does not. (c) adds "
-        "tables: `get_cdrawings()` on every page for the rule gate (about 0.45 s of the difference here), then "
-        "the lattice finder of `curation.pdf_tables` on the gated pages. (d) is what text plus tables cost with "
+        "tables: MuPDF collects the vector paths in the same text pass (`TEXT_COLLECT_VECTORS` + "
+        "`TEXT_LAZY_VECTORS`; their boxes are read from its block list, `curation.pdf._walk_vectors`), the rule "
+        "gate picks the pages that could hold a table, and the lattice finder of `curation.pdf_tables` reads "
+        "them (about 0.3 s of the difference here, words included). (d) is what text plus tables cost with "
         "pymupdf alone (the table finder runs its own drawing and character extraction on every page): the "
         "baseline a user would otherwise write for the same content, without layout, images or reading order.",
     ]

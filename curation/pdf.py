@@ -36,13 +36,19 @@ Per page, in this order:
    text from the page's words instead of pymupdf's per-character Python objects: about 9.5x faster than
    pymupdf's finder on the gated sample pages, the same boxes and grid shapes on the real tables,
    and cell text that keeps what character boxes lose (``FUNCTION_ID``, not ``FUNCTION ID _``).
-   It only runs on pages whose drawings (``get_cdrawings()``) could form a table: at least
-   ``table_min_rules`` axis-parallel rules (lines, thin rectangles, box edges) with the same
-   extent (the rows of a grid, or booktabs' top/mid/bottom rules); 154 of the 564 born-digital
-   sample pages. A found table is kept when it has at least 2 rows and 2 columns and
-   ``table_min_filled`` of its cells hold text (vector diagrams with labels also form grids, whose
-   "cells" are mostly empty); it becomes one element with GitHub markdown text, and the text
-   blocks it covers are removed.
+   The rules come from the text pass itself: the text page is built with ``VECTOR_FLAGS``, so
+   MuPDF adds a vector block per rectangular part of every path (flagged as such) and one for the
+   rest of the path, held back until the next text line starts (``_walk_vectors`` reads their
+   boxes; ``page_lines`` joins back the text blocks they split). A second pass with
+   ``get_cdrawings()``, which interprets the page again and builds a Python dict per path item,
+   cost as much as the rest of the table work; it stays as the fallback for a MuPDF whose block
+   layout ``_vector_layout_ok`` does not recognise. The finder only runs on pages whose rules
+   could form a table: at least ``table_min_rules`` axis-parallel rules (lines, thin
+   rectangles, box edges) with the same extent (the rows of a grid, or booktabs' top/mid/bottom
+   rules); 148 of the 564 born-digital sample pages. A found table is kept when it has at least
+   2 rows and 2 columns and ``table_min_filled`` of its cells hold text (vector diagrams with
+   labels also form grids, whose "cells" are mostly empty); it becomes one element with GitHub
+   markdown text, and the text blocks it covers are removed.
 4. Images: every placement of every image xref on the page (see ``_placements``: the placement
    list that ``page.get_image_rects`` reads, matched to xrefs without decoding) clipped to the
    page, with the raw bytes of ``doc.extract_image(xref)``, read once per xref (JPEG/JPX stay as
@@ -70,11 +76,13 @@ is neither text nor "scanned".
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
 import os
 import re
+import struct
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -92,6 +100,9 @@ from curation.records import KEEP, Verdict, content_id, drop
 TEXT_FLAGS = (
     pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP | pymupdf.TEXT_CID_FOR_UNKNOWN_UNICODE
 )
+# the same, plus the page's vector paths as blocks (for the table finder), held back until a new
+# line so that they never split a text line
+VECTOR_FLAGS = TEXT_FLAGS | pymupdf.TEXT_COLLECT_VECTORS | pymupdf.TEXT_LAZY_VECTORS
 
 
 @dataclass(frozen=True)
@@ -355,7 +366,61 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_SCALE = 1000.0  # MuPDF's JSON writer prints coordinates as integers: keep 1/1000 pt
 
 
-def page_lines(textpage: pymupdf.TextPage) -> dict:
+# a vector block as MuPDF's JSON writer prints it (flags only, no box: see _walk_vectors)
+_JSON_VECTOR = re.compile(rb'\{"type":"vector"[^}]*\}')
+
+
+def _page_json(textpage: pymupdf.TextPage) -> dict | None:
+    """The text page as written by MuPDF's JSON writer (coordinates in 1/``_JSON_SCALE`` pt), or
+    None where it does not parse. Vector blocks become ``0`` in the block list: a figure-heavy
+    page has thousands, whose dicts would cost more to parse than the text (``_walk_vectors`` reads
+    them from the block list instead)."""
+    buf = pymupdf.mupdf.fz_new_buffer(16384)
+    out = pymupdf.mupdf.FzOutput(buf)
+    pymupdf.mupdf.fz_print_stext_page_as_json(out, textpage.this, _JSON_SCALE)
+    out.fz_close_output()
+    data = bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf))
+    if b'"type":"vector"' in data:
+        data = _JSON_VECTOR.sub(b"0", data)
+    try:
+        return json.loads(data)
+    except ValueError:  # not seen on the sample PDFs
+        return None
+
+
+# MuPDF's stext device (stext-device.c): a line this far off the last baseline (in font sizes)
+# starts a new paragraph; between BASE_MAX_DIST and this, only when indented and not a bullet
+_PARAGRAPH_DIST = 1.5
+_BASE_MAX_DIST = 0.8
+# plausible_bullet() of stext-device.c (digits included: numbered lists)
+_BULLETS = frozenset(
+    "0123456789*\u00b7\u2022\u2023\u2043\u204c\u204d\u2219\u25c9\u25cb\u25cf\u25d8\u25e6"
+    "\u2619\u261a\u261b\u261c\u261d\u261e\u261f\u2765\u2767\u29be\u29bf"
+    "\u2660\u2661\u2662\u2663\u2664\u2665\u2666\u2667"
+    "\U0001f446\U0001f447\U0001f448\U0001f449\U0001fbc1\U0001fbc2\U0001fbc3\ufffd"
+    + "".join(map(chr, range(0x1F597, 0x1F5A4)))  # the sideways and backhand pointing indexes
+)
+
+
+def _continues(prev: dict, line: dict) -> bool:
+    """Whether MuPDF, had no vectors been drawn between them, would have put ``line`` (the first
+    line of a block that follows vector blocks) into the block that ends with ``prev``: its
+    paragraph rule, with the lines' first-character origins for the pen (the last character's
+    origin, which MuPDF uses, is not in the JSON). On the 564 sample pages this reproduces the
+    blocks of a text page without vectors on every docling test page; where it does not, it
+    joins pieces of formulas that MuPDF splits at fraction bars (numerator and denominator)."""
+    size = line.get("font", {}).get("size", 0) / _JSON_SCALE
+    if size <= 0 or prev.get("wmode", 0) != line.get("wmode", 0):
+        return False
+    base = abs(line["y"] - prev["y"]) / _JSON_SCALE / size
+    if base < _BASE_MAX_DIST:
+        return True
+    if base <= _PARAGRAPH_DIST:
+        return not ((line["x"] - prev["x"]) / _JSON_SCALE > 0.5 and prev.get("text", "")[:1] not in _BULLETS)
+    return False
+
+
+def page_lines(textpage: pymupdf.TextPage, raw: dict | None = None) -> dict:
     """Text blocks and lines of a text page, shaped like ``extractDICT()`` but with one span per
     line: ``{'blocks': [{'type': 0, 'lines': [{'bbox', 'spans': [{'text'}]}]}]}``.
 
@@ -370,22 +435,28 @@ def page_lines(textpage: pymupdf.TextPage) -> dict:
     into a neighbouring line). On the sample PDFs 8 of 12,506 elements get another text this way
     or from a formula grouped differently.
     Lone surrogates become U+FFFD, as there.
+
+    On a text page with lazily collected vectors (``VECTOR_FLAGS``), MuPDF starts a new text
+    block wherever vectors were drawn before a new line (a shaded code listing, a form field);
+    such a block is joined back to the text block before the vectors where MuPDF's own paragraph
+    rule would have kept it there (``_continues``).
     """
-    buf = pymupdf.mupdf.fz_new_buffer(16384)
-    out = pymupdf.mupdf.FzOutput(buf)
-    pymupdf.mupdf.fz_print_stext_page_as_json(out, textpage.this, _JSON_SCALE)
-    out.fz_close_output()
-    try:
-        raw = json.loads(bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf)))
-    except ValueError:  # not seen on the sample PDFs; the dict is slower but always well-formed
+    if raw is None:
+        raw = _page_json(textpage)
+    if raw is None:
         return textpage.extractDICT()
     k = 1.0 / _JSON_SCALE
-    blocks = []
+    blocks: list[dict] = []
+    prev: dict | None = None  # last line of the last text block (MuPDF's pen for the paragraph rule)
+    after_vector = False
     for b in raw.get("blocks", ()):
-        if b.get("type") != "text":
+        if not isinstance(b, dict):  # a vector block (see _page_json)
+            after_vector = True
+            continue
+        if b.get("type") != "text" or not b.get("lines"):
             continue
         lines = []
-        for line in b.get("lines", ()):
+        for line in b["lines"]:
             r = line["bbox"]
             if r["w"] <= 0 or r["h"] <= 0:  # only zero-size glyphs (dots of a TikZ figure)
                 continue
@@ -394,8 +465,92 @@ def page_lines(textpage: pymupdf.TextPage) -> dict:
             if not text.isascii():
                 text = _LONE_SURROGATE.sub("\ufffd", text)
             lines.append({"bbox": (x, y, x + r["w"] * k, y + r["h"] * k), "spans": [{"text": text}]})
-        blocks.append({"type": 0, "lines": lines})
+        if after_vector and prev is not None and _continues(prev, b["lines"][0]):
+            blocks[-1]["lines"].extend(lines)
+        else:
+            blocks.append({"type": 0, "lines": lines})
+        prev = b["lines"][-1]
+        after_vector = False
     return {"blocks": blocks}
+
+
+# fz_stext_block of MuPDF 1.28 (include/mupdf/fitz/structured-text.h): int type, int id,
+# fz_rect bbox, a 32-byte union (vector blocks: uint32 flags, uint32 argb), prev, next
+_BLOCK = struct.Struct("<ii4fI28xQQ")
+_VECTOR_IS_RECTANGLE = 2  # FZ_STEXT_VECTOR_IS_RECTANGLE
+_VECTOR_CONTINUES = 4  # FZ_STEXT_VECTOR_CONTINUES
+
+
+def _walk_vectors(
+    textpage: pymupdf.TextPage,
+) -> tuple[list[tuple[float, float, float, float]], list[list[float]]]:
+    """(rects, paths) of the text page's vector blocks, read straight from MuPDF's block list.
+
+    pymupdf's SWIG proxies do not expose the union that holds a vector block's flags, and the
+    JSON writer prints the flags but not the box; so each block is read as the public C struct
+    (one ``struct.unpack`` per block, a third of the cost of three proxy attribute reads).
+    ``_vector_layout_ok`` checks this layout against the proxies and the JSON before first use.
+    """
+    first = textpage.this.m_internal.first_block
+    addr = int(first.this) if first is not None else 0
+    rects: list[tuple[float, float, float, float]] = []
+    paths: list[list[float]] = []
+    unpack, read = _BLOCK.unpack, ctypes.string_at
+    size, vector = _BLOCK.size, pymupdf.mupdf.FZ_STEXT_BLOCK_VECTOR
+    open_path = False
+    while addr:
+        kind, _, x0, y0, x1, y1, flags, _, addr = unpack(read(addr, size))
+        if kind != vector:
+            continue
+        if flags & _VECTOR_IS_RECTANGLE:
+            rects.append((x0, y0, x1, y1))
+        if open_path:
+            u = paths[-1]
+            if x0 < u[0]:
+                u[0] = x0
+            if y0 < u[1]:
+                u[1] = y0
+            if x1 > u[2]:
+                u[2] = x1
+            if y1 > u[3]:
+                u[3] = y1
+        else:
+            paths.append([x0, y0, x1, y1])
+        open_path = bool(flags & _VECTOR_CONTINUES)
+    return rects, paths
+
+
+@functools.cache
+def _vector_layout_ok() -> bool:
+    """Whether ``_walk_vectors`` reads this MuPDF's blocks right: on a page with a stroked rule,
+    a filled box and a curve, its types, boxes and order must match pymupdf's proxies, and its
+    flags the JSON writer's. If not (another MuPDF), tables fall back to ``get_cdrawings()``."""
+    try:
+        doc = pymupdf.open()
+        page = doc.new_page()
+        page.insert_text((72, 72), "cell", fontsize=11)
+        page.draw_line((72, 80), (300, 80), width=1)
+        page.draw_rect(pymupdf.Rect(72, 100, 200, 140), fill=(0.8, 0.8, 0.8), color=None)
+        page.draw_circle((400, 400), 30)
+        tp = page.get_textpage(flags=VECTOR_FLAGS)
+        proxies = []
+        b = tp.this.m_internal.first_block
+        while b is not None:
+            if b.type == pymupdf.mupdf.FZ_STEXT_BLOCK_VECTOR:
+                r = b.bbox
+                proxies.append((r.x0, r.y0, r.x1, r.y1))
+            b = b.next
+        buf = pymupdf.mupdf.fz_new_buffer(4096)
+        out = pymupdf.mupdf.FzOutput(buf)
+        pymupdf.mupdf.fz_print_stext_page_as_json(out, tp.this, 1.0)
+        out.fz_close_output()
+        raw = json.loads(bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf)))
+        flags = [(v["rectangle"], v["continues"]) for v in raw["blocks"] if v["type"] == "vector"]
+        rects, paths = _walk_vectors(tp)
+        expect = [box for box, (rect, _) in zip(proxies, flags) if rect]
+        return len(proxies) == 3 and flags == [(1, 0), (1, 0), (0, 0)] and rects == expect and len(paths) == 3
+    except Exception:  # noqa: BLE001 - any surprise means: do not read the structs
+        return False
 
 
 def _text_blocks(page_dict: dict, gap: float = 18.0) -> list[tuple[list[float], str, int]]:
@@ -511,13 +666,19 @@ def _table_markdown(cells: list[list[str | None]]) -> str:
     return "\n".join([rows[0], sep, *rows[1:]])
 
 
-def _tables(page: pymupdf.Page, textpage: pymupdf.TextPage, config: PdfConfig) -> list[tuple[list[float], str]]:
-    paths = page.get_cdrawings()
-    rects = _path_rects(paths)
+def _tables(
+    page: pymupdf.Page, textpage: pymupdf.TextPage, vectors: bool, config: PdfConfig
+) -> list[tuple[list[float], str]]:
+    """Tables of a page; ``vectors``: ``textpage`` holds the page's vector paths."""
+    if vectors:  # collected by the text pass
+        rects, drawings = _walk_vectors(textpage)
+    else:  # a second pass over the page
+        paths = page.get_cdrawings()
+        rects = _path_rects(paths)
+        drawings = [p["rect"] for p in paths]
     if not _table_candidate(rects, config.table_min_rules):
         return []
     out = []
-    drawings = [p["rect"] for p in paths]
     for tab in find_tables(rects, textpage.extractWORDS(), tuple(page.rect), drawings=drawings):
         if tab.n_rows < 2 or tab.n_cols < 2:
             continue
@@ -638,8 +799,12 @@ def _n_chars(blocks: list[tuple[list[float], str, int]]) -> int:
 def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool, stats: Counter) -> _Page | str:
     """Elements of one page (unordered), or 'needs_ocr'."""
     p = _Page(page.number + 1, float(page.rect.width), float(page.rect.height))
-    textpage = page.get_textpage(flags=TEXT_FLAGS)  # one text extraction for blocks and table cells
-    blocks = _text_blocks(page_lines(textpage), config.block_split_gap)
+    # one interpretation of the page for text blocks, table rules and table cells
+    vectors = config.tables and _vector_layout_ok()
+    textpage = page.get_textpage(flags=VECTOR_FLAGS if vectors else TEXT_FLAGS)
+    raw = _page_json(textpage)
+    page_dict = textpage.extractDICT() if raw is None else page_lines(textpage, raw)
+    blocks = _text_blocks(page_dict, config.block_split_gap)
     placements = _placements(page, config)
     page_area = _area(page.rect) or 1.0
     cover = sum(_area(b) for _, _, b in placements) / page_area
@@ -658,7 +823,7 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
             blocks, placements, ocr_text = ocr_blocks, [], True  # the scan is the text
     p.rtl = is_rtl(" ".join(t for _, t, _ in blocks[:50]))
     # pymupdf's table cells come out in visual order, which reverses right-to-left text
-    tables = _tables(page, textpage, config) if config.tables and not ocr_text and not p.rtl else []
+    tables = _tables(page, textpage, vectors, config) if config.tables and not ocr_text and not p.rtl else []
     for bbox, md in tables:
         stats["tables"] += 1
         p.items.append({"type": "table", "bbox": bbox, "text": md})

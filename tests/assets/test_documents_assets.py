@@ -121,4 +121,4 @@ def test_demo_documents(tmp_path: Path) -> None:
     assert reasons["documents_parsed:http_status"] == 1  # the WARC's 404
     if pdf.ocr_available():  # figures of the README (scans OCR'd by Tesseract)
         assert reasons["document_minhash_clusters:near_duplicate"] == 3
-        assert (summary["interleaved samples"], summary["ocr samples"], summary["grounding samples"]) == (6, 9, 24)
+        assert (summary["interleaved samples"], summary["ocr samples"], summary["grounding samples"]) == (7, 15, 40)

@@ -14,8 +14,11 @@ from PIL import Image
 from curation.ocr_grounding import cer, normalised_edit_distance
 from curation.pdf import (
     TEXT_FLAGS,
+    VECTOR_FLAGS,
     PdfConfig,
     _text_blocks,
+    _vector_layout_ok,
+    _walk_vectors,
     header_key,
     is_page_number,
     is_rtl,
@@ -188,9 +191,17 @@ def test_header_rules():
         ("docling_tests/right_to_left_03.pdf", 0, None),  # RTL: tables left as text
     ],
 )
-def test_tables_as_markdown(pdf_dir, key, n_tables, snippet):
+def test_tables_as_markdown(pdf_dir, key, n_tables, snippet, monkeypatch):
     r = parse_pdf((pdf_dir / key).read_bytes(), key, NO_OCR)
     tables = [el for el in r.document["elements"] if el["type"] == "table"]
+    # the fallback for a MuPDF whose block layout _walk_vectors does not know: rules from
+    # get_cdrawings() in a second pass, the same tables (one Karnaugh map's grid differs: the
+    # drawings split its rules at every crossing, which leaves empty 3 x 6 slots around 2 x 4 cells)
+    monkeypatch.setattr("curation.pdf._vector_layout_ok", lambda: False)
+    again = parse_pdf((pdf_dir / key).read_bytes(), key, NO_OCR)
+    slow = [el for el in again.document["elements"] if el["type"] == "table"]
+    assert len(slow) == n_tables
+    assert sum(a["text"] == b["text"] for a, b in zip(slow, tables)) == n_tables - ("karnaugh" in key)
     assert r.stats.get("tables", 0) == n_tables
     assert len(tables) == n_tables
     if snippet:
@@ -428,3 +439,66 @@ def test_page_lines_fall_back_to_the_dict_when_the_json_does_not_parse(monkeypat
     got = page_lines(tp)
     assert [s["text"] for b in got["blocks"] for ln in b["lines"] for s in ln["spans"]] == ["fallback line"]
     assert "font" in got["blocks"][0]["lines"][0]["spans"][0]  # extractDICT's spans, not page_lines'
+
+
+def test_vector_text_page_gives_the_same_blocks_on_docling_pages(pdf_dir):
+    """With the vectors collected in the text pass (tables on), MuPDF splits blocks where vectors
+    were drawn between lines; page_lines joins them back, to the blocks of a text page without
+    vectors on every docling test page (tables, code listings on shaded boxes, forms)."""
+    n_blocks = n_split = 0
+    for path in sorted((pdf_dir / "docling_tests").glob("*.pdf")):
+        for page in pymupdf.open(path):
+            plain = _text_blocks(page_lines(page.get_textpage(flags=TEXT_FLAGS)))
+            tp = page.get_textpage(flags=VECTOR_FLAGS)
+            n_split += len(tp.extractDICT()["blocks"])
+            assert _text_blocks(page_lines(tp)) == plain, (path.name, page.number)
+            n_blocks += len(plain)
+    assert n_blocks == EXPECTED_DOCLING_BLOCKS
+    assert n_split > n_blocks  # the split blocks were there to join
+
+
+def _paragraph_page(second_line_x: float, second_line_y: float) -> pymupdf.TextPage:
+    page = pymupdf.open().new_page()
+    page.insert_text((72, 72), "first line of a paragraph", fontsize=11)
+    page.draw_rect(pymupdf.Rect(60, 75, 300, 90), fill=(0.9, 0.9, 0.9), color=None)  # drawn in between
+    page.insert_text((second_line_x, second_line_y), "second line", fontsize=11)
+    return page.get_textpage(flags=VECTOR_FLAGS)
+
+
+@pytest.mark.parametrize(
+    "x, y, n_blocks",
+    [
+        (72, 85, 1),  # next baseline (13/11 = 1.2 sizes down), same start: the paragraph goes on
+        (90, 85, 2),  # indented: MuPDF's new paragraph
+        (72, 120, 2),  # 48/11 sizes down: a new paragraph
+    ],
+)
+def test_block_split_by_a_vector_is_joined_back_by_the_paragraph_rule(x, y, n_blocks):
+    tp = _paragraph_page(x, y)
+    assert len([b for b in tp.extractDICT()["blocks"] if b["type"] == 0]) == 2  # MuPDF splits at the box
+    blocks = page_lines(tp)["blocks"]
+    assert len(blocks) == n_blocks
+    assert [ln["spans"][0]["text"] for b in blocks for ln in b["lines"]] == ["first line of a paragraph", "second line"]
+
+
+def test_walk_vectors_reads_rules_boxes_and_whole_paths():
+    assert _vector_layout_ok()
+    page = pymupdf.open().new_page()
+    page.insert_text((72, 60), '{"type":"vector"} in the text stays text', fontsize=11)
+    page.draw_line((72, 80), (300, 80), width=1)
+    page.draw_rect(pymupdf.Rect(72, 100, 200, 140), fill=(0.5, 0.5, 0.5), color=None)
+    page.draw_circle((400, 400), 30)
+    shape = page.new_shape()  # one subpath, a rule turning into a diagonal: not a rectangle
+    shape.draw_line((50, 500), (150, 500))
+    shape.draw_line((150, 500), (200, 550))
+    shape.finish(width=2, closePath=False)
+    shape.commit()
+    tp = page.get_textpage(flags=VECTOR_FLAGS)
+    rects, paths = _walk_vectors(tp)
+    assert rects == [(71.5, 79.5, 300.5, 80.5), (72.0, 100.0, 200.0, 140.0)]  # stroke: half a width out
+    assert paths == [
+        [71.5, 79.5, 300.5, 80.5], [72.0, 100.0, 200.0, 140.0], [369.5, 369.5, 430.5, 430.5], [49.0, 499.0, 201.0, 551.0]
+    ]
+    assert [ln["spans"][0]["text"] for b in page_lines(tp)["blocks"] for ln in b["lines"]] == [
+        '{"type":"vector"} in the text stays text'
+    ]
