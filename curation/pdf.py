@@ -364,10 +364,17 @@ def _join_lines(lines: list[str]) -> str:
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_SCALE = 1000.0  # MuPDF's JSON writer prints coordinates as integers: keep 1/1000 pt
-
-
 # a vector block as MuPDF's JSON writer prints it (flags only, no box: see _walk_vectors)
 _JSON_VECTOR = re.compile(rb'\{"type":"vector"[^}]*\}')
+
+
+def _json_bytes(textpage: pymupdf.TextPage, scale: float) -> bytes:
+    """MuPDF's JSON of a text page, coordinates multiplied by ``scale``."""
+    buf = pymupdf.mupdf.fz_new_buffer(16384)
+    out = pymupdf.mupdf.FzOutput(buf)
+    pymupdf.mupdf.fz_print_stext_page_as_json(out, textpage.this, scale)
+    out.fz_close_output()
+    return bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf))
 
 
 def _page_json(textpage: pymupdf.TextPage) -> dict | None:
@@ -375,11 +382,7 @@ def _page_json(textpage: pymupdf.TextPage) -> dict | None:
     None where it does not parse. Vector blocks become ``0`` in the block list: a figure-heavy
     page has thousands, whose dicts would cost more to parse than the text (``_walk_vectors`` reads
     them from the block list instead)."""
-    buf = pymupdf.mupdf.fz_new_buffer(16384)
-    out = pymupdf.mupdf.FzOutput(buf)
-    pymupdf.mupdf.fz_print_stext_page_as_json(out, textpage.this, _JSON_SCALE)
-    out.fz_close_output()
-    data = bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf))
+    data = _json_bytes(textpage, _JSON_SCALE)
     if b'"type":"vector"' in data:
         data = _JSON_VECTOR.sub(b"0", data)
     try:
@@ -420,7 +423,7 @@ def _continues(prev: dict, line: dict) -> bool:
     return False
 
 
-def page_lines(textpage: pymupdf.TextPage, raw: dict | None = None) -> dict:
+def page_lines(textpage: pymupdf.TextPage) -> dict:
     """Text blocks and lines of a text page, shaped like ``extractDICT()`` but with one span per
     line: ``{'blocks': [{'type': 0, 'lines': [{'bbox', 'spans': [{'text'}]}]}]}``.
 
@@ -441,9 +444,8 @@ def page_lines(textpage: pymupdf.TextPage, raw: dict | None = None) -> dict:
     such a block is joined back to the text block before the vectors where MuPDF's own paragraph
     rule would have kept it there (``_continues``).
     """
-    if raw is None:
-        raw = _page_json(textpage)
-    if raw is None:
+    raw = _page_json(textpage)
+    if raw is None:  # not seen on the sample PDFs; the dict is slower but always well-formed
         return textpage.extractDICT()
     k = 1.0 / _JSON_SCALE
     blocks: list[dict] = []
@@ -540,11 +542,7 @@ def _vector_layout_ok() -> bool:
                 r = b.bbox
                 proxies.append((r.x0, r.y0, r.x1, r.y1))
             b = b.next
-        buf = pymupdf.mupdf.fz_new_buffer(4096)
-        out = pymupdf.mupdf.FzOutput(buf)
-        pymupdf.mupdf.fz_print_stext_page_as_json(out, tp.this, 1.0)
-        out.fz_close_output()
-        raw = json.loads(bytes(pymupdf.mupdf.fz_buffer_storage_memoryview(buf)))
+        raw = json.loads(_json_bytes(tp, 1.0))
         flags = [(v["rectangle"], v["continues"]) for v in raw["blocks"] if v["type"] == "vector"]
         rects, paths = _walk_vectors(tp)
         expect = [box for box, (rect, _) in zip(proxies, flags) if rect]
@@ -802,9 +800,7 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
     # one interpretation of the page for text blocks, table rules and table cells
     vectors = config.tables and _vector_layout_ok()
     textpage = page.get_textpage(flags=VECTOR_FLAGS if vectors else TEXT_FLAGS)
-    raw = _page_json(textpage)
-    page_dict = textpage.extractDICT() if raw is None else page_lines(textpage, raw)
-    blocks = _text_blocks(page_dict, config.block_split_gap)
+    blocks = _text_blocks(page_lines(textpage), config.block_split_gap)
     placements = _placements(page, config)
     page_area = _area(page.rect) or 1.0
     cover = sum(_area(b) for _, _, b in placements) / page_area

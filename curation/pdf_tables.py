@@ -3,8 +3,8 @@
 ``find_tables(rects, words, page_rect, drawings=...)`` takes what ``parse_pdf`` has for a page
 (the rectangular vector blocks of its text page as boxes: rules and boxes, or the axis-parallel
 lines and rectangles of ``page.get_cdrawings()``; the bboxes of the whole paths; the words of
-``TextPage.extractWORDS()``) and returns ``Table(bbox, cells)`` rows. It follows the method pymupdf's ``page.find_tables()`` borrowed from pdfplumber (Nurminen's
-thesis): rules -> edges, edges snapped and joined, edge crossings, smallest closed cells between
+``TextPage.extractWORDS()``) and returns ``Table(bbox, cells)`` rows. It follows the method
+pymupdf's ``page.find_tables()`` borrowed from pdfplumber (Nurminen's thesis): rules -> edges, edges snapped and joined, edge crossings, smallest closed cells between
 crossings, cells that share corners -> one table. What differs, and why:
 
 - pymupdf first turns every character of the page into a Python dict (``make_chars``: 74% of its

@@ -403,16 +403,22 @@ def test_page_lines_match_extract_dict_on_base14_text():
 
 def test_page_lines_same_blocks_as_extract_dict_on_docling_pages(pdf_dir):
     """Same blocks and text on every page of docling's test PDFs (Korean, Arabic, Hebrew, tables,
-    code, formulas); the lone surrogate of skipped_1page's broken Korean font becomes U+FFFD."""
-    n_blocks = 0
+    code, formulas); the lone surrogate of skipped_1page's broken Korean font becomes U+FFFD.
+    With the vectors collected in the text pass (tables on), MuPDF splits blocks where vectors
+    were drawn between lines; page_lines joins them back, to the same blocks on every page."""
+    n_blocks = n_split = 0
     for path in sorted((pdf_dir / "docling_tests").glob("*.pdf")):
         for page in pymupdf.open(path):
             tp = page.get_textpage(flags=TEXT_FLAGS)
             ours, theirs = _text_blocks(page_lines(tp)), _text_blocks(tp.extractDICT())
             assert [t for _, t, _ in ours] == [t for _, t, _ in theirs], (path.name, page.number)
             assert [n for _, _, n in ours] == [n for _, _, n in theirs]
+            vtp = page.get_textpage(flags=VECTOR_FLAGS)
+            n_split += len(vtp.extractDICT()["blocks"])
+            assert _text_blocks(page_lines(vtp)) == ours, (path.name, page.number)
             n_blocks += len(ours)
     assert n_blocks == EXPECTED_DOCLING_BLOCKS
+    assert n_split > n_blocks  # the split blocks were there to join
 
 
 def test_page_lines_drop_zero_size_glyph_lines(pdf_dir):
@@ -439,22 +445,6 @@ def test_page_lines_fall_back_to_the_dict_when_the_json_does_not_parse(monkeypat
     got = page_lines(tp)
     assert [s["text"] for b in got["blocks"] for ln in b["lines"] for s in ln["spans"]] == ["fallback line"]
     assert "font" in got["blocks"][0]["lines"][0]["spans"][0]  # extractDICT's spans, not page_lines'
-
-
-def test_vector_text_page_gives_the_same_blocks_on_docling_pages(pdf_dir):
-    """With the vectors collected in the text pass (tables on), MuPDF splits blocks where vectors
-    were drawn between lines; page_lines joins them back, to the blocks of a text page without
-    vectors on every docling test page (tables, code listings on shaded boxes, forms)."""
-    n_blocks = n_split = 0
-    for path in sorted((pdf_dir / "docling_tests").glob("*.pdf")):
-        for page in pymupdf.open(path):
-            plain = _text_blocks(page_lines(page.get_textpage(flags=TEXT_FLAGS)))
-            tp = page.get_textpage(flags=VECTOR_FLAGS)
-            n_split += len(tp.extractDICT()["blocks"])
-            assert _text_blocks(page_lines(tp)) == plain, (path.name, page.number)
-            n_blocks += len(plain)
-    assert n_blocks == EXPECTED_DOCLING_BLOCKS
-    assert n_split > n_blocks  # the split blocks were there to join
 
 
 def _paragraph_page(second_line_x: float, second_line_y: float) -> pymupdf.TextPage:
