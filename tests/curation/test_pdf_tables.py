@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 import pytest
 
 from curation.pdf import TEXT_FLAGS, _path_rects, _table_candidate
-from curation.pdf_tables import find_tables
+from curation.pdf_tables import _RASTER_MIN, _components, _label, _raster_components, _sweep_components, find_tables
 
 PAGE = (0.0, 0.0, 612.0, 792.0)
 
@@ -73,6 +74,84 @@ def test_booktabs_rules_joined_by_short_verticals_get_an_outline():
 
 
 # --------------------------------------------------------------------------- real PDFs vs pymupdf
+
+
+def _partition(labels) -> set[frozenset[int]]:
+    groups: dict[int, set[int]] = {}
+    for i, lab in enumerate(np.asarray(labels).tolist()):
+        groups.setdefault(lab, set()).add(i)
+    return {frozenset(g) for g in groups.values()}
+
+
+def _brute_components(boxes: np.ndarray, tol: float) -> set[frozenset[int]]:
+    """Oracle: every pair tested, union-find in plain Python."""
+    parent = list(range(len(boxes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    b = boxes.tolist()
+    for i in range(len(b)):
+        for j in range(i + 1, len(b)):
+            p, q = b[i], b[j]
+            if q[0] <= p[2] + tol and p[0] <= q[2] + tol and p[1] <= q[3] + tol and q[1] <= p[3] + tol:
+                parent[find(i)] = find(j)
+    return _partition([find(i) for i in range(len(b))])
+
+
+def test_label_gives_each_component_its_smallest_node():
+    # 4-2, 2-0 (a chain reached from its far end), 3-5, 1 and 6 alone
+    labels = _label(7, np.array([4, 2, 5]), np.array([2, 0, 3]))
+    assert labels.tolist() == [0, 1, 0, 3, 0, 3, 6]
+    assert _label(3, np.array([], dtype=int), np.array([], dtype=int)).tolist() == [0, 1, 2]
+
+
+def _random_boxes(rng: np.random.Generator, n: int, extent: float, size: float, grid: bool) -> np.ndarray:
+    xy = rng.uniform(0, extent, (n, 2))
+    wh = rng.exponential(size, (n, 2)) * (rng.random((n, 2)) > 0.2)  # a fifth of the sides: zero (rules)
+    boxes = np.concatenate([xy, xy + wh], 1)
+    return np.round(boxes) if grid else boxes  # integer boxes: gaps of exactly tol
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sweep_and_raster_components_match_every_pair_tested(seed: int):
+    rng = np.random.default_rng(seed)
+    boxes = _random_boxes(rng, 700, extent=[60, 300, 600][seed % 3], size=[0.5, 3, 12][seed % 3], grid=seed % 2 == 0)
+    truth = _brute_components(boxes, 3.0)
+    assert _partition(_sweep_components(boxes, 3.0)) == truth
+    assert _partition(_raster_components(boxes, 3.0)) == truth
+
+
+def test_raster_components_sweep_regions_where_the_paintings_disagree(monkeypatch):
+    # a 45 x 45 lattice of 4 pt boxes 1 pt apart (one component, decided by the paintings), and
+    # three boxes 3.2 pt apart (tol 3: no two touch), whose grown boxes meet in neighbouring
+    # pixels of the first painting but not in the second: only these three go to the sweep
+    ij = np.array([(i, j) for i in range(45) for j in range(45)], dtype=float) * 5 + 100
+    lattice = np.concatenate([ij, ij + 4], 1)
+    near = np.array([[500.0, 500.0, 510.0, 510.0], [513.2, 500.0, 520.0, 510.0], [500.0, 513.2, 510.0, 520.0]])
+    boxes = np.concatenate([lattice, near])
+    swept: list[int] = []
+    sweep = _sweep_components
+
+    def spy(b: np.ndarray, tol: float) -> np.ndarray:
+        swept.append(len(b))
+        return sweep(b, tol)
+
+    monkeypatch.setattr("curation.pdf_tables._sweep_components", spy)
+    truth = _brute_components(boxes, 3.0)
+    assert sorted(len(g) for g in truth) == [1, 1, 1, 2025]
+    assert len(boxes) >= _RASTER_MIN
+    assert _partition(_components(boxes, 3.0)) == truth
+    assert swept == [3]
+
+
+def test_raster_components_decline_grids_they_cannot_paint():
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [1e7, 0.0, 1e7 + 10, 10.0]])
+    assert _raster_components(boxes, 3.0) is None  # 10 million points wide
+    assert _raster_components(np.array([[0.0, 0.0, np.inf, 10.0]]), 3.0) is None
+    assert _partition(_components(boxes, 3.0)) == {frozenset({0}), frozenset({1})}
 
 
 def _iou(a, b) -> float:
