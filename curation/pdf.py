@@ -18,12 +18,13 @@ but no text, table or image on any of them).
 Per page, in this order:
 
 1. Text blocks and lines of MuPDF's text page (``page_lines``: read from its JSON writer, at a
-   third of the cost of ``extractDICT()``) without embedded images (images come from the xref
-   table instead, so their bytes are read once per document, not decoded per placement) and without
-   ligatures (``ﬁ`` -> ``fi``, as pdftotext does); a block is split where its lines lie side by
-   side more than ``block_split_gap`` apart. Lines of a block are joined with a space, or
-   with nothing after a hyphen (``compu-`` + ``ter`` -> ``compu-ter``: the hyphen is kept, since
-   it may be a real compound). Whitespace-only blocks are dropped.
+   third of the cost of ``extractDICT()``), one text page per page for text, table rules, cell
+   words and image placements. It keeps image blocks (placement and size only: image bytes come
+   from the xref table, read once per document, not decoded per placement) where the page has
+   image resources, and no ligatures (``ﬁ`` -> ``fi``, as pdftotext does); a block is split
+   where its lines lie side by side more than ``block_split_gap`` apart. Lines of a block are
+   joined with a space, or with nothing after a hyphen (``compu-`` + ``ter`` -> ``compu-ter``:
+   the hyphen is kept, since it may be a real compound). Whitespace-only blocks are dropped.
 2. Scanned pages: fewer than ``scanned_max_chars`` text characters and images covering at least
    ``scanned_min_image_cover`` of the page. With OCR on, the page is rendered and read by
    Tesseract (``page.get_textpage_ocr(full=True)``, blocks rebuilt by ``blocks_from_words``),
@@ -33,25 +34,27 @@ Per page, in this order:
    a quarantined one.
 3. Tables: ``curation.pdf_tables.find_tables``, the lattice method of pymupdf's
    ``page.find_tables()`` (rules -> snapped/joined edges -> crossings -> cells -> tables) with cell
-   text from the page's words instead of pymupdf's per-character Python objects: about 9.5x faster than
+   text from the page's words instead of pymupdf's per-character Python objects: about 10x faster than
    pymupdf's finder on the gated sample pages, the same boxes and grid shapes on the real tables,
    and cell text that keeps what character boxes lose (``FUNCTION_ID``, not ``FUNCTION ID _``).
    The rules come from the text pass itself: the text page is built with ``VECTOR_FLAGS``, so
    MuPDF adds a vector block per rectangular part of every path (flagged as such) and one for the
    rest of the path, held back until the next text line starts (``_walk_vectors`` reads their
-   boxes; ``page_lines`` joins back the text blocks they split). A second pass with
+   boxes; ``page_lines`` joins back the text blocks they, and image blocks, split). A second pass with
    ``get_cdrawings()``, which interprets the page again and builds a Python dict per path item,
    cost as much as the rest of the table work; it stays as the fallback for a MuPDF whose block
    layout ``_vector_layout_ok`` does not recognise. The finder only runs on pages whose rules
-   could form a table: at least ``table_min_rules`` axis-parallel rules (lines, thin
+   could form a table (and never where the JSON shows too few rectangles for it, without reading
+   the blocks): at least ``table_min_rules`` axis-parallel rules (lines, thin
    rectangles, box edges) with the same extent (the rows of a grid, or booktabs' top/mid/bottom
    rules); 148 of the 564 born-digital sample pages. A found table is kept when it has at least
    2 rows and 2 columns and ``table_min_filled`` of its cells hold text (vector diagrams with
    labels also form grids, whose "cells" are mostly empty); it becomes one element with GitHub
    markdown text, and the text blocks it covers are removed.
-4. Images: every placement of every image xref on the page (see ``_placements``: the placement
-   list that ``page.get_image_rects`` reads, matched to xrefs without decoding) clipped to the
-   page, with the raw bytes of ``doc.extract_image(xref)``, read once per xref (JPEG/JPX stay as
+4. Images: every placement of every image xref on the page (see ``_placements``: the image
+   blocks of the text page, the placement list that ``page.get_image_rects`` reads from a text
+   page of its own, matched to xrefs without decoding), its whole box clipped to the page,
+   with the raw bytes of ``doc.extract_image(xref)``, read once per xref (JPEG/JPX stay as
    stored; MuPDF writes other encodings, e.g. Flate, JBIG2, CCITT, as PNG; nothing is
    re-rendered). Inline images are skipped: in the sample data they are glyph bitmaps, rules and
    bullets (638 of them, none a picture). Images under ``min_image_px`` pixels a side are spacers.
@@ -85,7 +88,7 @@ import re
 import struct
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +97,8 @@ import pymupdf
 from curation.pdf_tables import find_tables
 
 from curation.records import KEEP, Verdict, content_id, drop
+
+Line = tuple[tuple[float, float, float, float], str]  # a text line: bbox, text
 
 # dict flags without TEXT_PRESERVE_IMAGES (images come from the xref table) and without
 # TEXT_PRESERVE_LIGATURES (expand ﬁ/ﬂ, as pdftotext does)
@@ -192,24 +197,31 @@ def _merge_intervals(intervals: list[tuple[float, float]]) -> list[tuple[float, 
     return out
 
 
-def _gutters(xs: Sequence[tuple[float, float]], ids: Sequence[int], min_gutter: float) -> list[tuple[float, float]]:
-    """Vertical white strips at least ``min_gutter`` wide between the x-extents ``xs`` of ``ids``."""
-    merged = _merge_intervals([xs[i] for i in ids])
-    return [(a[1], b[0]) for a, b in zip(merged, merged[1:]) if b[0] - a[1] >= min_gutter]
+def _gaps(extents: list[tuple[float, float]], min_gutter: float) -> list[tuple[float, float]]:
+    """Vertical white strips at least ``min_gutter`` wide between merged x-extents."""
+    return [(a[1], b[0]) for a, b in zip(extents, extents[1:]) if b[0] - a[1] >= min_gutter]
 
 
-def _same_columns(xs: Sequence[tuple[float, float]], region: list[int], band: list[int], min_gutter: float) -> bool:
+def _same_columns(
+    xs: Sequence[tuple[float, float]],
+    region: list[int],
+    region_x: list[tuple[float, float]],
+    band_x: list[tuple[float, float]],
+    union_x: list[tuple[float, float]],
+    min_gutter: float,
+) -> bool:
     """True when ``band`` continues the columns of ``region``: together they keep a gutter, and
-    every gutter of either one survives (in part) in the union, so neither crosses the other's."""
-    union = _gutters(xs, region + band, min_gutter)
+    every gutter of either one survives (in part) in the union, so neither crosses the other's.
+    ``region_x``, ``band_x``, ``union_x``: the merged x-extents of the region, the band and both."""
+    union = _gaps(union_x, min_gutter)
     if not union:
         return False
-    own = _gutters(xs, region, min_gutter)
+    own = _gaps(region_x, min_gutter)
     if own:  # a region with columns must keep them (in part: the next band may be narrower)
         return all(any(min(b, ub) > max(a, ua) for ua, ub in union) for a, b in own)
     # a region without columns yet (one band) joins a band with columns only if none of its boxes
     # reaches into the band's gutters (a heading above one column, not a title over all of them)
-    return not any(min(b, xs[i][1]) > max(a, xs[i][0]) for a, b in _gutters(xs, band, min_gutter) for i in region)
+    return not any(min(b, xs[i][1]) > max(a, xs[i][0]) for a, b in _gaps(band_x, min_gutter) for i in region)
 
 
 def _bands(boxes: Sequence[Sequence[float]], ids: Sequence[int], tol: float) -> list[list[int]]:
@@ -240,14 +252,20 @@ def _order(
     # gutter (a full-width title or figure closes the region; a band with text in one column only,
     # as at the end of a paper, does not).
     regions: list[list[int]] = []
+    extents: list[list[tuple[float, float]]] = []  # each region's merged x-extents, kept as it grows
     for band in _bands(boxes, ids, tol):
-        if regions and _same_columns(xs, regions[-1], band, min_gutter):
-            regions[-1].extend(band)
-        else:
-            regions.append(list(band))
+        band_x = _merge_intervals([xs[i] for i in band])
+        if regions:
+            union_x = _merge_intervals(extents[-1] + band_x)
+            if _same_columns(xs, regions[-1], extents[-1], band_x, union_x, min_gutter):
+                regions[-1].extend(band)
+                extents[-1] = union_x
+                continue
+        regions.append(list(band))
+        extents.append(band_x)
     out: list[int] = []
-    for region in regions:
-        gutters = _gutters(xs, region, min_gutter)
+    for region, region_x in zip(regions, extents):
+        gutters = _gaps(region_x, min_gutter)
         if not gutters:  # one band without columns: top to bottom, then left to right
             out.extend(sorted(region, key=lambda i: (boxes[i][1], boxes[i][0])))
             continue
@@ -348,10 +366,6 @@ def _is_running_head(text: str) -> bool:
 # --------------------------------------------------------------------------------- pages
 
 
-def _line_text(line: dict) -> str:
-    return "".join(span["text"] for span in line["spans"]).strip()
-
-
 def _join_lines(lines: list[str]) -> str:
     parts: list[str] = []
     for s in lines:
@@ -381,14 +395,18 @@ def _page_json(textpage: pymupdf.TextPage) -> dict | None:
     """The text page as written by MuPDF's JSON writer (coordinates in 1/``_JSON_SCALE`` pt), or
     None where it does not parse. Vector blocks become ``0`` in the block list: a figure-heavy
     page has thousands, whose dicts would cost more to parse than the text (``_walk_vectors`` reads
-    them from the block list instead)."""
+    them from the block list instead). ``vector_rects``: how many of them are rectangles."""
     data = _json_bytes(textpage, _JSON_SCALE)
+    rects = 0
     if b'"type":"vector"' in data:
+        rects = data.count(b'"rectangle":1')  # quotes inside line text are escaped: no false hits
         data = _JSON_VECTOR.sub(b"0", data)
     try:
-        return json.loads(data)
+        raw = json.loads(data)
     except ValueError:  # not seen on the sample PDFs
         return None
+    raw["vector_rects"] = rects
+    return raw
 
 
 # MuPDF's stext device (stext-device.c): a line this far off the last baseline (in font sizes)
@@ -425,7 +443,8 @@ def _continues(prev: dict, line: dict) -> bool:
 
 def page_lines(textpage: pymupdf.TextPage) -> dict:
     """Text blocks and lines of a text page, shaped like ``extractDICT()`` but with one span per
-    line: ``{'blocks': [{'type': 0, 'lines': [{'bbox', 'spans': [{'text'}]}]}]}``.
+    line: ``{'blocks': [{'type': 0, 'lines': [{'bbox', 'spans': [{'text'}]}]}], 'vector_rects': n}``
+    (``n``: the page's rectangular vector blocks, on a ``VECTOR_FLAGS`` text page).
 
     Written by MuPDF's own JSON writer (line text and line box, no per-span dicts) and read with
     ``json.loads``: a third of the cost of ``extractDICT()``, which builds a Python dict per span
@@ -447,17 +466,26 @@ def page_lines(textpage: pymupdf.TextPage) -> dict:
     raw = _page_json(textpage)
     if raw is None:  # not seen on the sample PDFs; the dict is slower but always well-formed
         return textpage.extractDICT()
+    blocks = [
+        {"type": 0, "lines": [{"bbox": box, "spans": [{"text": text}]} for box, text in lines]}
+        for lines in _json_lines(raw)
+    ]
+    return {"blocks": blocks, "vector_rects": raw["vector_rects"]}
+
+
+def _json_lines(raw: dict) -> list[list[Line]]:
+    """The text blocks of ``_page_json`` as lists of (bbox, text) lines (see ``page_lines``)."""
     k = 1.0 / _JSON_SCALE
-    blocks: list[dict] = []
+    blocks: list[list[Line]] = []
     prev: dict | None = None  # last line of the last text block (MuPDF's pen for the paragraph rule)
     after_vector = False
     for b in raw.get("blocks", ()):
-        if not isinstance(b, dict):  # a vector block (see _page_json)
+        if not isinstance(b, dict) or b.get("type") == "image":  # a vector block (see _page_json)
             after_vector = True
             continue
         if b.get("type") != "text" or not b.get("lines"):
             continue
-        lines = []
+        lines: list[Line] = []
         for line in b["lines"]:
             r = line["bbox"]
             if r["w"] <= 0 or r["h"] <= 0:  # only zero-size glyphs (dots of a TikZ figure)
@@ -466,14 +494,14 @@ def page_lines(textpage: pymupdf.TextPage) -> dict:
             text = line.get("text", "")
             if not text.isascii():
                 text = _LONE_SURROGATE.sub("\ufffd", text)
-            lines.append({"bbox": (x, y, x + r["w"] * k, y + r["h"] * k), "spans": [{"text": text}]})
+            lines.append(((x, y, x + r["w"] * k, y + r["h"] * k), text))
         if after_vector and prev is not None and _continues(prev, b["lines"][0]):
-            blocks[-1]["lines"].extend(lines)
+            blocks[-1].extend(lines)
         else:
-            blocks.append({"type": 0, "lines": lines})
+            blocks.append(lines)
         prev = b["lines"][-1]
         after_vector = False
-    return {"blocks": blocks}
+    return blocks
 
 
 # fz_stext_block of MuPDF 1.28 (include/mupdf/fitz/structured-text.h): int type, int id,
@@ -552,31 +580,36 @@ def _vector_layout_ok() -> bool:
 
 
 def _text_blocks(page_dict: dict, gap: float = 18.0) -> list[tuple[list[float], str, int]]:
-    """(bbox, text, number of lines) of each text block, split into side-by-side parts.
+    """(bbox, text, number of lines) of each text block of an ``extractDICT()``-shaped page,
+    split into side-by-side parts (``_block_parts``)."""
+    out = []
+    for b in page_dict["blocks"]:
+        if b.get("type", 0) == 0:
+            lines = ((line["bbox"], "".join(span["text"] for span in line["spans"])) for line in b["lines"])
+            out.extend(_block_parts(lines, gap))
+    return out
+
+
+def _block_parts(lines: Iterable[Line], gap: float) -> list[tuple[list[float], str, int]]:
+    """(bbox, text, number of lines) of one text block's parts.
 
     MuPDF sometimes puts lines of neighbouring columns into one block: two captions side by side,
     or a manuscript's line numbers interleaved with the text lines. Each line joins the first part
     of its block whose x-range it overlaps or nears within ``gap``, else starts a new part.
     """
-    out = []
-    for b in page_dict["blocks"]:
-        if b.get("type", 0) != 0:
+    groups: list[tuple[list[float], list[str]]] = []
+    for (x0, y0, x1, y1), text in lines:
+        text = text.strip()
+        if not text:
             continue
-        groups: list[tuple[list[float], list[str]]] = []
-        for line in b["lines"]:
-            text = _line_text(line)
-            if not text:
-                continue
-            x0, y0, x1, y1 = (float(v) for v in line["bbox"])
-            for box, lines in groups:
-                if x0 - box[2] < gap and box[0] - x1 < gap:
-                    box[:] = [min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1)]
-                    lines.append(text)
-                    break
-            else:
-                groups.append(([x0, y0, x1, y1], [text]))
-        out.extend((box, _join_lines(lines), len(lines)) for box, lines in groups)
-    return out
+        for box, texts in groups:
+            if x0 - box[2] < gap and box[0] - x1 < gap:
+                box[:] = [min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1)]
+                texts.append(text)
+                break
+        else:
+            groups.append(([float(x0), float(y0), float(x1), float(y1)], [text]))
+    return [(box, _join_lines(texts), len(texts)) for box, texts in groups]
 
 
 _ALNUM = re.compile(r"[^\W_]")
@@ -665,9 +698,12 @@ def _table_markdown(cells: list[list[str | None]]) -> str:
 
 
 def _tables(
-    page: pymupdf.Page, textpage: pymupdf.TextPage, vectors: bool, config: PdfConfig
+    page: pymupdf.Page, textpage: pymupdf.TextPage, vectors: bool, config: PdfConfig, n_rects: int | None = None
 ) -> list[tuple[list[float], str]]:
-    """Tables of a page; ``vectors``: ``textpage`` holds the page's vector paths."""
+    """Tables of a page; ``vectors``: ``textpage`` holds the page's vector paths, ``n_rects`` of
+    them rectangles (None: not counted)."""
+    if vectors and n_rects is not None and 2 * n_rects < config.table_min_rules:
+        return []  # each rectangle adds at most 2 to a rule group of the gate: it cannot pass
     if vectors:  # collected by the text pass
         rects, drawings = _walk_vectors(textpage)
     else:  # a second pass over the page
@@ -731,48 +767,66 @@ class _Images:
         return self.cache[xref]
 
 
-def _placements(page: pymupdf.Page, config: PdfConfig) -> list[tuple[tuple[int, ...], int, list[float]]]:
-    """(candidate xrefs, placement number, bbox clipped to the page) of every image placement.
+Placement = tuple[tuple[int, ...], tuple[float, float, float, float], list[float]]
+_UNIT_RECT = pymupdf.mupdf.FzRect(pymupdf.mupdf.FzRect.Fixed_UNIT)
 
-    ``page.get_image_info(xrefs=True)`` (and ``get_image_rects``, built on it) find xrefs by
-    decoding every image of the page to an MD5 digest, which is most of the cost of image-heavy
-    pages (0.5 s for one 300-dpi scan). Placements are matched to xrefs by pixel size and bits per
-    component instead, which both the placement info and the xref list carry; placements whose
-    size fits no xref are inline images and skipped. Placements that fit several xrefs are
-    resolved by digest later, and only if the page's images are kept.
+
+def _placements(
+    textpage: pymupdf.TextPage, imglist: list, prect: pymupdf.Rect, config: PdfConfig
+) -> list[Placement]:
+    """(candidate xrefs, whole placement box, box clipped to the page) of every image placement,
+    from the image blocks of the page's text page (built with ``TEXT_PRESERVE_IMAGES`` where the
+    page has image resources ``imglist``, ``page.get_images(full=True)``).
+
+    ``page.get_image_info(xrefs=True)`` (and ``get_image_rects``, built on it) interpret the page
+    again and find xrefs by decoding every image of the page to an MD5 digest, which is most of
+    the cost of image-heavy pages (0.5 s for one 300-dpi scan). Placements are matched to xrefs by
+    pixel size and bits per component instead, which both the image block and the xref list
+    carry; placements whose size fits no xref are inline images and skipped. Placements that fit
+    several xrefs are resolved by digest later, and only if the page's images are kept.
+    The box is the image's whole unit square under its matrix, as ``get_image_info`` reports it
+    (MuPDF clips the block's own bbox to the clip path when the text page clips to the media box).
     """
-    imglist = page.get_images(full=True)
-    if not imglist:  # no image resources: skip the image-preserving text page altogether
+    if not imglist:
         return []
     by_key: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for item in imglist:
         if item[0] not in by_key[int(item[2]), int(item[3]), int(item[4])]:
             by_key[int(item[2]), int(item[3]), int(item[4])].append(item[0])
-    tp = page.get_textpage(flags=pymupdf.TEXT_PRESERVE_IMAGES)
-    out = []
-    prect = page.rect
-    for info in tp.extractIMGINFO():
-        cands = by_key.get((int(info["width"]), int(info["height"]), int(info["bpc"])))
-        if not cands:  # an inline image (glyph bitmaps, rules, bullets in the sample data)
-            continue
-        if min(int(info["width"]), int(info["height"])) < config.min_image_px:
-            continue
-        r = pymupdf.Rect(info["bbox"]) & prect
-        if r.is_empty or r.is_infinite:
-            continue
-        out.append((tuple(cands), int(info["number"]), [r.x0, r.y0, r.x1, r.y1]))
+    out: list[Placement] = []
+    image = pymupdf.mupdf.FZ_STEXT_BLOCK_IMAGE
+    b = textpage.this.m_internal.first_block
+    while b is not None:
+        if b.type == image:
+            block = pymupdf.mupdf.FzStextBlock(b)
+            img = block.i_image()
+            w, h = img.w(), img.h()
+            cands = by_key.get((w, h, img.bpc()))
+            # no candidates: an inline image (glyph bitmaps, rules, bullets in the sample data)
+            if cands and min(w, h) >= config.min_image_px:
+                q = pymupdf.mupdf.fz_transform_rect(_UNIT_RECT, block.i_transform())
+                whole = (q.x0, q.y0, q.x1, q.y1)
+                r = pymupdf.Rect(whole) & prect
+                if not (r.is_empty or r.is_infinite):
+                    out.append((tuple(cands), whole, [r.x0, r.y0, r.x1, r.y1]))
+        b = b.next
     return out
 
 
-def _image_elements(
-    page: pymupdf.Page, placements: list[tuple[tuple[int, ...], int, list[float]]], images: _Images
-) -> list[dict]:
-    by_number: dict[int, int] = {}
+def _image_elements(page: pymupdf.Page, placements: list[Placement], images: _Images) -> list[dict]:
+    by_box: dict[tuple[float, ...], list[int]] = defaultdict(list)
     if any(len(c) > 1 for c, _, _ in placements):  # same-size images: pay for the digests
-        by_number = {int(i["number"]): i.get("xref", 0) for i in page.get_image_info(xrefs=True)}
+        for info in page.get_image_info(xrefs=True):
+            by_box[tuple(info["bbox"])].append(info.get("xref", 0))
     out = []
-    for cands, number, bbox in placements:
-        xref = cands[0] if len(cands) == 1 else by_number.get(number, 0)
+    for cands, whole, bbox in placements:
+        if len(cands) == 1:
+            xref = cands[0]
+        else:  # the first digest match at the same box (two placements may share one)
+            at = by_box.get(whole, [])
+            xref = next((x for x in at if x in cands), 0)
+            if xref:
+                at.remove(xref)
         got = images.get(xref) if xref else None
         if got is None:
             continue
@@ -796,16 +850,26 @@ def _n_chars(blocks: list[tuple[list[float], str, int]]) -> int:
 
 def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool, stats: Counter) -> _Page | str:
     """Elements of one page (unordered), or 'needs_ocr'."""
-    p = _Page(page.number + 1, float(page.rect.width), float(page.rect.height))
+    rect = page.rect
+    p = _Page(page.number + 1, float(rect.width), float(rect.height))
     # one interpretation of the page for text blocks, table rules and table cells
     vectors = config.tables and _vector_layout_ok()
-    textpage = page.get_textpage(flags=VECTOR_FLAGS if vectors else TEXT_FLAGS)
-    blocks = _text_blocks(page_lines(textpage), config.block_split_gap)
-    placements = _placements(page, config)
-    page_area = _area(page.rect) or 1.0
+    imglist = page.get_images(full=True)
+    flags = VECTOR_FLAGS if vectors else TEXT_FLAGS
+    if imglist:  # image blocks for _placements (only then: inline images would split text blocks)
+        flags |= pymupdf.TEXT_PRESERVE_IMAGES
+    textpage = page.get_textpage(flags=flags)
+    raw = _page_json(textpage)
+    if raw is None:  # see page_lines
+        blocks, n_rects = _text_blocks(textpage.extractDICT(), config.block_split_gap), None
+    else:
+        blocks = [part for lines in _json_lines(raw) for part in _block_parts(lines, config.block_split_gap)]
+        n_rects = raw["vector_rects"]
+    placements = _placements(textpage, imglist, rect, config)
+    page_area = _area(rect) or 1.0
     cover = sum(_area(b) for _, _, b in placements) / page_area
     ocr_text = False
-    if _n_chars(blocks) < config.scanned_max_chars and cover >= config.scanned_min_image_cover:
+    if cover >= config.scanned_min_image_cover and _n_chars(blocks) < config.scanned_max_chars:
         stats["scanned_pages"] += 1
         if not ocr:
             return "needs_ocr"
@@ -819,7 +883,10 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
             blocks, placements, ocr_text = ocr_blocks, [], True  # the scan is the text
     p.rtl = is_rtl(" ".join(t for _, t, _ in blocks[:50]))
     # pymupdf's table cells come out in visual order, which reverses right-to-left text
-    tables = _tables(page, textpage, vectors, config) if config.tables and not ocr_text and not p.rtl else []
+    tables = (
+        _tables(page, textpage, vectors, config, n_rects)
+        if config.tables and not ocr_text and not p.rtl else []
+    )
     for bbox, md in tables:
         stats["tables"] += 1
         p.items.append({"type": "table", "bbox": bbox, "text": md})
@@ -839,15 +906,15 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
 def _line_groups(items: list[dict]) -> list[list[dict]]:
     """Items grouped into visual lines (vertical overlap of at least half the lower height)."""
     groups: list[list[dict]] = []
+    g0 = g1 = 0.0  # vertical extent of the last group
     for it in sorted(items, key=lambda it: it["bbox"][1]):
         y0, y1 = it["bbox"][1], it["bbox"][3]
-        if groups:
-            g0 = min(o["bbox"][1] for o in groups[-1])
-            g1 = max(o["bbox"][3] for o in groups[-1])
-            if min(y1, g1) - max(y0, g0) >= 0.5 * min(y1 - y0, g1 - g0):
-                groups[-1].append(it)
-                continue
-        groups.append([it])
+        if groups and min(y1, g1) - max(y0, g0) >= 0.5 * min(y1 - y0, g1 - g0):
+            groups[-1].append(it)
+            g0, g1 = min(g0, y0), max(g1, y1)
+        else:
+            groups.append([it])
+            g0, g1 = y0, y1
     return groups
 
 
@@ -884,12 +951,9 @@ def _drop_headers_footers(pages: list[_Page], config: PdfConfig, stats: Counter)
         # in a band (a title page, rotated one-line pages) keeps it.
         body = any(not in_band(it, pg, True) and not in_band(it, pg, False) for it in pg.items)
         drop_ids: set[int] = set()
+        groups = _line_groups([it for it in pg.items if it["type"] == "text"])
         for top in (True, False):
-            text_items = [it for it in pg.items if it["type"] == "text"]
-            lines = _line_groups(text_items)
-            if not top:
-                lines.reverse()
-            for line in lines:
+            for line in groups if top else reversed(groups):
                 if not all(in_band(it, pg, top) for it in line):
                     break
                 joined = " ".join(it["text"] for it in sorted(line, key=lambda it: it["bbox"][0]))
@@ -957,13 +1021,15 @@ def parse_pdf(data: bytes, source: str = "", config: PdfConfig | None = None) ->
                 min_gutter=config.min_gutter,
                 soft=[it["type"] == "image" for it in pg.items],
             )
+            w, h = pg.width, pg.height
             for i in order:
-                it = {k: v for k, v in pg.items[i].items() if k != "_lines"}
+                it = dict(pg.items[i])
+                it.pop("_lines", None)
                 it["page"] = pg.number
                 # text may overflow the page (a long verbatim line): provenance stays on the page
                 x0, y0, x1, y1 = it["bbox"]
-                it["bbox"] = [round(min(max(v, 0.0), lim), 2) for v, lim in
-                              ((x0, pg.width), (y0, pg.height), (x1, pg.width), (y1, pg.height))]
+                it["bbox"] = [round(min(max(x0, 0.0), w), 2), round(min(max(y0, 0.0), h), 2),
+                              round(min(max(x1, 0.0), w), 2), round(min(max(y1, 0.0), h), 2)]
                 elements.append(it)
         stats["pages"] = len(pages)
         stats["images_failed"] = images.errors

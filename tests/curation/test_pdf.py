@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections import Counter
@@ -132,6 +133,56 @@ def test_image_bytes_are_the_stored_streams(parsed, pdf_dir):
     for el in images:
         img = Image.open(io.BytesIO(doc["images"][el["image_sha256"]]))
         assert img.size == (el["image_width"], el["image_height"])
+
+
+def _png(rgb: tuple[int, int, int], size: int = 32) -> bytes:
+    pix = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, size, size), False)
+    pix.set_rect(pix.irect, rgb)
+    return pix.tobytes("png")
+
+
+def test_same_size_images_clip_paths_and_page_edges():
+    """Two xrefs of the same pixel size (resolved by digest, per placement), an image drawn under
+    a clip path (its whole placement counts, as get_image_info reports it) and one past the page
+    edge (clipped to the page)."""
+    red, blue = _png((255, 0, 0)), _png((0, 0, 255))
+    doc = pymupdf.open()
+    page = doc.new_page()  # 595 x 842
+    page.insert_image(pymupdf.Rect(72, 72, 172, 172), stream=red)  # /fzImg0, one content stream
+    page.insert_image(pymupdf.Rect(300, 72, 400, 172), stream=blue)  # /fzImg1, another
+    page.insert_text((72, 300), "Three pictures, two of them the same size.", fontsize=11)
+    first, second, _ = page.get_contents()
+    doc.update_stream(first, b"""
+        q 72 670 50 100 re W n 100 0 0 100 72 670 cm /fzImg0 Do Q
+        q 100 0 0 100 300 670 cm /fzImg1 Do Q
+        q 100 0 0 100 550 400 cm /fzImg1 Do Q
+    """)
+    doc.update_stream(second, b" ")
+    got = parse_pdf(doc.tobytes(), "three.pdf", NO_OCR).document
+    images = [(el["bbox"], el["image_sha256"]) for el in got["elements"] if el["type"] == "image"]
+    sha = {hashlib.sha256(b).hexdigest(): name for name, b in (("red", red), ("blue", blue))}
+    assert sorted((box, sha[h]) for box, h in images) == [
+        ([72.0, 72.0, 172.0, 172.0], "red"),  # not the 50 pt the clip path shows
+        ([300.0, 72.0, 400.0, 172.0], "blue"),
+        ([550.0, 342.0, 595.0, 442.0], "blue"),
+    ]
+    assert set(got["images"]) == set(sha)
+
+
+def test_block_split_by_an_image_is_joined_back():
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_text((72, 72), "first line of a paragraph", fontsize=11)
+    page.insert_image(pymupdf.Rect(400, 60, 440, 100), stream=_png((0, 128, 0)))  # drawn in between
+    page.insert_text((72, 85), "second line", fontsize=11)
+    tp = page.get_textpage(flags=VECTOR_FLAGS | pymupdf.TEXT_PRESERVE_IMAGES)
+    assert [b["type"] for b in tp.extractDICT()["blocks"]] == [0, 1, 0]  # MuPDF splits at the image
+    assert [[ln["spans"][0]["text"] for ln in b["lines"]] for b in page_lines(tp)["blocks"]] == [
+        ["first line of a paragraph", "second line"]
+    ]
+    got = parse_pdf(doc.tobytes(), "split.pdf", NO_OCR).document
+    assert [el["type"] for el in got["elements"]] == ["text", "image"]
+    assert got["elements"][0]["text"] == "first line of a paragraph second line"
 
 
 def test_image_sits_in_its_column_flow(docling):
@@ -415,7 +466,9 @@ def test_page_lines_same_blocks_as_extract_dict_on_docling_pages(pdf_dir):
             assert [n for _, _, n in ours] == [n for _, _, n in theirs]
             vtp = page.get_textpage(flags=VECTOR_FLAGS)
             n_split += len(vtp.extractDICT()["blocks"])
-            assert _text_blocks(page_lines(vtp)) == ours, (path.name, page.number)
+            vlines = page_lines(vtp)
+            assert _text_blocks(vlines) == ours, (path.name, page.number)
+            assert vlines["vector_rects"] == len(_walk_vectors(vtp)[0])  # the JSON's count: the tables' gate
             n_blocks += len(ours)
     assert n_blocks == EXPECTED_DOCLING_BLOCKS
     assert n_split > n_blocks  # the split blocks were there to join
@@ -474,7 +527,7 @@ def test_block_split_by_a_vector_is_joined_back_by_the_paragraph_rule(x, y, n_bl
 def test_walk_vectors_reads_rules_boxes_and_whole_paths():
     assert _vector_layout_ok()
     page = pymupdf.open().new_page()
-    page.insert_text((72, 60), '{"type":"vector"} in the text stays text', fontsize=11)
+    page.insert_text((72, 60), '{"type":"vector","rectangle":1} in the text stays text', fontsize=11)
     page.draw_line((72, 80), (300, 80), width=1)
     page.draw_rect(pymupdf.Rect(72, 100, 200, 140), fill=(0.5, 0.5, 0.5), color=None)
     page.draw_circle((400, 400), 30)
@@ -489,6 +542,8 @@ def test_walk_vectors_reads_rules_boxes_and_whole_paths():
     assert paths == [
         [71.5, 79.5, 300.5, 80.5], [72.0, 100.0, 200.0, 140.0], [369.5, 369.5, 430.5, 430.5], [49.0, 499.0, 201.0, 551.0]
     ]
-    assert [ln["spans"][0]["text"] for b in page_lines(tp)["blocks"] for ln in b["lines"]] == [
-        '{"type":"vector"} in the text stays text'
+    lines = page_lines(tp)
+    assert [ln["spans"][0]["text"] for b in lines["blocks"] for ln in b["lines"]] == [
+        '{"type":"vector","rectangle":1} in the text stays text'
     ]
+    assert lines["vector_rects"] == 2
