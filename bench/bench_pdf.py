@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     results = speed(docs, 1 if args.quick else 3)
     base = dict(results)["(a) get_text('dict')"]
     base_text = dict(results)["(a') get_text('dict'), no images"]
+    tables_s = dict(results)["(c) parse_pdf (default: tables on)"] - dict(results)["(b) parse_pdf, tables off"]
     rows = [
         [name, f"{secs:.2f}", f"{pages / secs:.0f}", f"{secs / base - 1:+.0%}", f"{secs / base_text - 1:+.0%}"]
         for name, secs in results
@@ -181,12 +182,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Goal (issue 4): overhead <= 15% over (a). (b) reads the text page's lines through MuPDF's JSON writer "
         "(`curation.pdf.page_lines`, a third of what `extractDICT()` costs) and adds the layout work (blocks split, "
-        "headers/footers, column order, image bytes once per xref, a second image-preserving text page on pages "
-        "with images); (a) includes decoding and re-encoding every image placement, (a') does not. (c) adds "
+        "headers/footers, column order, image placements from the same text page's image blocks, image bytes "
+        "once per xref); (a) includes decoding and re-encoding every image placement, (a') does not. (c) adds "
         "tables: MuPDF collects the vector paths in the same text pass (`TEXT_COLLECT_VECTORS` + "
         "`TEXT_LAZY_VECTORS`; their boxes are read from its block list, `curation.pdf._walk_vectors`), the rule "
         "gate picks the pages that could hold a table, and the lattice finder of `curation.pdf_tables` reads "
-        "them (about 0.3 s of the difference here, words included). (d) is what text plus tables cost with "
+        f"them ({tables_s:.2f} s of the difference here, words included). (d) is what text plus tables cost with "
         "pymupdf alone (the table finder runs its own drawing and character extraction on every page): the "
         "baseline a user would otherwise write for the same content, without layout, images or reading order.",
     ]
