@@ -142,7 +142,8 @@ class ParseResult:
 
     ``error``: the exception text behind ``unreadable_pdf``, or, on a document, the last page that
     failed and was skipped. ``stats``: counts such as ``pages``, ``scanned_pages``, ``ocr_pages``,
-    ``tables``, ``headers_footers``, ``page_errors``, ``images_failed``.
+    ``tables``, ``headers_footers``, ``page_errors``, ``images_failed`` (bytes that did not
+    extract), ``images_unmatched`` (placements of same-size images that no digest resolved).
     """
 
     document: dict[str, Any] | None
@@ -813,7 +814,9 @@ def _placements(
     return out
 
 
-def _image_elements(page: pymupdf.Page, placements: list[Placement], images: _Images) -> list[dict]:
+def _image_elements(
+    page: pymupdf.Page, placements: list[Placement], images: _Images, stats: Counter
+) -> list[dict]:
     by_box: dict[tuple[float, ...], list[int]] = defaultdict(list)
     if any(len(c) > 1 for c, _, _ in placements):  # same-size images: pay for the digests
         for info in page.get_image_info(xrefs=True):
@@ -827,6 +830,8 @@ def _image_elements(page: pymupdf.Page, placements: list[Placement], images: _Im
             xref = next((x for x in at if x in cands), 0)
             if xref:
                 at.remove(xref)
+            else:
+                stats["images_unmatched"] += 1
         got = images.get(xref) if xref else None
         if got is None:
             continue
@@ -898,7 +903,7 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
         if ocr_text:
             item["ocr"] = True
         p.items.append(item)
-    p.items.extend(_image_elements(page, placements, images))
+    p.items.extend(_image_elements(page, placements, images, stats))
     p.ocr = ocr_text
     return p
 

@@ -169,6 +169,21 @@ def test_same_size_images_clip_paths_and_page_edges():
     assert set(got["images"]) == set(sha)
 
 
+def test_same_size_image_without_a_digest_match_is_counted(monkeypatch):
+    doc = pymupdf.open()
+    page = doc.new_page()
+    page.insert_image(pymupdf.Rect(72, 72, 172, 172), stream=_png((255, 0, 0)))
+    page.insert_image(pymupdf.Rect(300, 72, 400, 172), stream=_png((0, 0, 255)))
+    page.insert_text((72, 300), "Two pictures of the same size.", fontsize=11)
+    data = doc.tobytes()
+    assert parse_pdf(data, "two.pdf", NO_OCR).stats.get("images_unmatched", 0) == 0
+    # a digest that matches no xref (as get_image_info reports it then: xref 0)
+    monkeypatch.setattr(pymupdf.Page, "get_image_info", lambda self, **kw: [{"bbox": (0, 0, 1, 1), "xref": 0}])
+    got = parse_pdf(data, "two.pdf", NO_OCR)
+    assert got.stats["images_unmatched"] == 2
+    assert [el["type"] for el in got.document["elements"]] == ["text"]
+
+
 def test_block_split_by_an_image_is_joined_back():
     doc = pymupdf.open()
     page = doc.new_page()
