@@ -425,12 +425,13 @@ _BULLETS = frozenset(
 
 
 def _continues(prev: dict, line: dict) -> bool:
-    """Whether MuPDF, had no vectors been drawn between them, would have put ``line`` (the first
-    line of a block that follows vector blocks) into the block that ends with ``prev``: its
-    paragraph rule, with the lines' first-character origins for the pen (the last character's
-    origin, which MuPDF uses, is not in the JSON). On the 564 sample pages this reproduces the
-    blocks of a text page without vectors on every docling test page; where it does not, it
-    joins pieces of formulas that MuPDF splits at fraction bars (numerator and denominator)."""
+    """Whether MuPDF, had no vectors or images been drawn between them, would have put ``line``
+    (the first line of a block that follows vector or image blocks) into the block that ends with
+    ``prev``: its paragraph rule, with the lines' first-character origins for the pen (the last
+    character's origin, which MuPDF uses, is not in the JSON). On the 564 sample pages this
+    reproduces the blocks of a text page without vectors on every docling test page, and without
+    images on every page; where it does not, it joins pieces of formulas that MuPDF splits at
+    fraction bars (numerator and denominator)."""
     size = line.get("font", {}).get("size", 0) / _JSON_SCALE
     if size <= 0 or prev.get("wmode", 0) != line.get("wmode", 0):
         return False
@@ -459,19 +460,38 @@ def page_lines(textpage: pymupdf.TextPage) -> dict:
     or from a formula grouped differently.
     Lone surrogates become U+FFFD, as there.
 
-    On a text page with lazily collected vectors (``VECTOR_FLAGS``), MuPDF starts a new text
-    block wherever vectors were drawn before a new line (a shaded code listing, a form field);
-    such a block is joined back to the text block before the vectors where MuPDF's own paragraph
-    rule would have kept it there (``_continues``).
+    On a text page with lazily collected vectors (``VECTOR_FLAGS``) or with images
+    (``TEXT_PRESERVE_IMAGES``), MuPDF starts a new text block wherever vectors or an image were
+    drawn before a new line (a shaded code listing, a form field, an inline figure); such a block
+    is joined back to the text block before them where MuPDF's own paragraph rule would have kept
+    it there (``_continues``). Where the JSON does not parse, the lines come from
+    ``extractDICT()`` (its spans joined) and ``vector_rects`` is None.
     """
-    raw = _page_json(textpage)
-    if raw is None:  # not seen on the sample PDFs; the dict is slower but always well-formed
-        return textpage.extractDICT()
+    text_blocks, n_rects = _page_text(textpage)
     blocks = [
         {"type": 0, "lines": [{"bbox": box, "spans": [{"text": text}]} for box, text in lines]}
-        for lines in _json_lines(raw)
+        for lines in text_blocks
     ]
-    return {"blocks": blocks, "vector_rects": raw["vector_rects"]}
+    return {"blocks": blocks, "vector_rects": n_rects}
+
+
+def _page_text(textpage: pymupdf.TextPage) -> tuple[list[list[Line]], int | None]:
+    """The text blocks of a text page as lists of (bbox, text) lines, and how many rectangular
+    vector blocks it holds (see ``page_lines``); from ``extractDICT()`` (count None) where the JSON
+    does not parse (not seen on the sample PDFs; the dict is slower but always well-formed)."""
+    raw = _page_json(textpage)
+    if raw is None:
+        return _dict_lines(textpage.extractDICT()), None
+    return _json_lines(raw), raw["vector_rects"]
+
+
+def _dict_lines(page_dict: dict) -> list[list[Line]]:
+    """The text blocks of an ``extractDICT()``-shaped page as lists of (bbox, text) lines."""
+    return [
+        [(line["bbox"], "".join(span["text"] for span in line["spans"])) for line in b["lines"]]
+        for b in page_dict["blocks"]
+        if b.get("type", 0) == 0
+    ]
 
 
 def _json_lines(raw: dict) -> list[list[Line]]:
@@ -479,10 +499,10 @@ def _json_lines(raw: dict) -> list[list[Line]]:
     k = 1.0 / _JSON_SCALE
     blocks: list[list[Line]] = []
     prev: dict | None = None  # last line of the last text block (MuPDF's pen for the paragraph rule)
-    after_vector = False
+    after_graphic = False
     for b in raw.get("blocks", ()):
-        if not isinstance(b, dict) or b.get("type") == "image":  # a vector block (see _page_json)
-            after_vector = True
+        if not isinstance(b, dict) or b.get("type") == "image":  # a vector (see _page_json) or an image
+            after_graphic = True
             continue
         if b.get("type") != "text" or not b.get("lines"):
             continue
@@ -496,12 +516,12 @@ def _json_lines(raw: dict) -> list[list[Line]]:
             if not text.isascii():
                 text = _LONE_SURROGATE.sub("\ufffd", text)
             lines.append(((x, y, x + r["w"] * k, y + r["h"] * k), text))
-        if after_vector and prev is not None and _continues(prev, b["lines"][0]):
+        if after_graphic and prev is not None and _continues(prev, b["lines"][0]):
             blocks[-1].extend(lines)
         else:
             blocks.append(lines)
         prev = b["lines"][-1]
-        after_vector = False
+        after_graphic = False
     return blocks
 
 
@@ -583,12 +603,7 @@ def _vector_layout_ok() -> bool:
 def _text_blocks(page_dict: dict, gap: float = 18.0) -> list[tuple[list[float], str, int]]:
     """(bbox, text, number of lines) of each text block of an ``extractDICT()``-shaped page,
     split into side-by-side parts (``_block_parts``)."""
-    out = []
-    for b in page_dict["blocks"]:
-        if b.get("type", 0) == 0:
-            lines = ((line["bbox"], "".join(span["text"] for span in line["spans"])) for line in b["lines"])
-            out.extend(_block_parts(lines, gap))
-    return out
+    return [part for lines in _dict_lines(page_dict) for part in _block_parts(lines, gap)]
 
 
 def _block_parts(lines: Iterable[Line], gap: float) -> list[tuple[list[float], str, int]]:
@@ -857,19 +872,15 @@ def _read_page(page: pymupdf.Page, images: _Images, config: PdfConfig, ocr: bool
     """Elements of one page (unordered), or 'needs_ocr'."""
     rect = page.rect
     p = _Page(page.number + 1, float(rect.width), float(rect.height))
-    # one interpretation of the page for text blocks, table rules and table cells
+    # one interpretation of the page for text blocks, table rules and cells, image placements
     vectors = config.tables and _vector_layout_ok()
     imglist = page.get_images(full=True)
     flags = VECTOR_FLAGS if vectors else TEXT_FLAGS
     if imglist:  # image blocks for _placements (only then: inline images would split text blocks)
         flags |= pymupdf.TEXT_PRESERVE_IMAGES
     textpage = page.get_textpage(flags=flags)
-    raw = _page_json(textpage)
-    if raw is None:  # see page_lines
-        blocks, n_rects = _text_blocks(textpage.extractDICT(), config.block_split_gap), None
-    else:
-        blocks = [part for lines in _json_lines(raw) for part in _block_parts(lines, config.block_split_gap)]
-        n_rects = raw["vector_rects"]
+    text_blocks, n_rects = _page_text(textpage)
+    blocks = [part for lines in text_blocks for part in _block_parts(lines, config.block_split_gap)]
     placements = _placements(textpage, imglist, rect, config)
     page_area = _area(rect) or 1.0
     cover = sum(_area(b) for _, _, b in placements) / page_area

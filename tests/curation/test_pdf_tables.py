@@ -73,7 +73,7 @@ def test_booktabs_rules_joined_by_short_verticals_get_an_outline():
     assert table.cells == [["k", "v1", "v2"], ["row", "1", "2"]]
 
 
-# --------------------------------------------------------------------------- real PDFs vs pymupdf
+# --------------------------------------------------------------------------- grouping touching paths
 
 
 def _partition(labels) -> set[frozenset[int]]:
@@ -152,6 +152,9 @@ def test_raster_components_decline_grids_they_cannot_paint():
     assert _raster_components(boxes, 3.0) is None  # 10 million points wide
     assert _raster_components(np.array([[0.0, 0.0, np.inf, 10.0]]), 3.0) is None
     assert _partition(_components(boxes, 3.0)) == {frozenset({0}), frozenset({1})}
+
+
+# --------------------------------------------------------------------------- real PDFs vs pymupdf
 
 
 def _iou(a, b) -> float:
