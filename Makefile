@@ -33,6 +33,7 @@ bench: install      ## benchmarks; tables are written into README.md
 	$(PY) -m bench.bench_html
 	$(PY) -m bench.bench_pdf
 	$(PY) -m bench.bench_video
+	$(PY) -m bench.bench_scale
 
 clean:              ## remove the demo data and the Dagster instance's run history
 	rm -rf data dagster_home/history dagster_home/storage dagster_home/schedules dagster_home/*.db dagster_home/logs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import documents, image_text, reasoning, training, video
-from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource
+from assets.resources import ENGINE_TAG, BeamResource, ClipModelResource, GenerationResource, StorageResource
 from assets.sensors import (
     document_drop_sensor,
     document_ingest_job,
@@ -17,7 +17,16 @@ from assets.sensors import (
     video_ingest_job,
 )
 
+# Independent assets of one run (the tracks' steps, the per-drop and corpus stages that do not depend on each
+# other) run in parallel processes; steps tagged as model servers (vLLM engines) run one at a time, so two
+# engines never compete for the same accelerator memory.
+executor = dg.multiprocess_executor.configured({
+    "max_concurrent": 0,  # one process per CPU
+    "tag_concurrency_limits": [{"key": k, "value": v, "limit": 1} for k, v in ENGINE_TAG.items()],
+})
+
 defs = dg.Definitions(
+    executor=executor,
     assets=[*image_text.ASSETS, *reasoning.ASSETS, *documents.ASSETS, *video.ASSETS, *training.ASSETS],
     jobs=[image_text_ingest_job, reasoning_ingest_job, document_ingest_job, video_ingest_job],
     sensors=[

@@ -43,7 +43,7 @@ import dagster as dg
 from PIL import Image
 
 from assets import image_text, training
-from assets.partitions import image_text_drops
+from assets.partitions import image_text_drops, range_tags
 from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource, default_root
 from curation import shards, storage
 from curation.models import build_tiny_causal_lm, build_tiny_clip, build_tiny_qwen2_5_vl
@@ -169,19 +169,20 @@ def materialize_all(root: str, drops: list[str], instance: dg.DagsterInstance | 
                  "vlm": GenerationResource(model="models/tiny-qwen2_5_vl")}
     assets = image_text.ASSETS
 
-    def run(names: list[str], partition: str | None = None) -> None:
-        label = f"{', '.join(names)}" + (f" [{partition}]" if partition else "")
+    def run(names: list[str], partitions: list[str] | None = None) -> None:
+        label = f"{', '.join(names)}" + (f" [{', '.join(partitions)}]" if partitions else "")
         print(f"[run] materializing {label}", flush=True)
-        dg.materialize(assets, selection=names, partition_key=partition, instance=instance, resources=resources)
+        # every drop in one run, as a single-run backfill does: one Beam job per asset, one model load
+        for tags in range_tags(instance, image_text_drops, partitions) if partitions else [None]:
+            result = dg.materialize(assets, selection=names, instance=instance, resources=resources, tags=tags)
+            if not result.success:
+                raise RuntimeError(f"materializing {label} failed")
 
-    for d in drops:
-        run(["image_text_samples", "image_phash"], d)
+    run(["image_text_samples", "image_phash"], drops)
     run(["benchmark_fingerprints", "image_neardup_clusters", "metaclip_metadata"])
-    for d in drops:
-        run(["caption_quality", "clip_scores"], d)
+    run(["caption_quality", "clip_scores"], drops)
     run(["metaclip_entry_counts"])
-    for d in drops:
-        run(["metaclip_balanced", "recaptions"], d)
+    run(["metaclip_balanced", "recaptions"], drops)
     run(["image_text_shards"])
     return summary(root, drops)
 

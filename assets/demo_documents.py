@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import documents
-from assets.partitions import document_drops
+from assets.partitions import document_drops, range_tags
 from curation import storage
 from pipelines import documents as pipe
 from pipelines.common import quarantine_url
@@ -130,16 +130,16 @@ def materialize(root: str, drops: list[str], instance: dg.DagsterInstance, resou
     instance.add_dynamic_partitions(document_drops.name, [d for d in drops if not instance.has_dynamic_partition(document_drops.name, d)])
     needed = {k: resources[k] for k in ("storage", "beam_runner")}
 
-    def run(selection: list[str], partition: str | None = None) -> None:
-        result = dg.materialize(documents.ASSETS, selection=selection, partition_key=partition, instance=instance, resources=needed)
-        if not result.success:
-            raise RuntimeError(f"materializing {selection} ({partition}) failed")
+    def run(selection: list[str], partitions: list[str] | None = None) -> None:
+        # all drops in one run (as a single-run backfill): one Beam job per asset
+        for tags in range_tags(instance, document_drops, partitions) if partitions else [None]:
+            result = dg.materialize(documents.ASSETS, selection=selection, instance=instance, resources=needed, tags=tags)
+            if not result.success:
+                raise RuntimeError(f"materializing {selection} ({partitions}) failed")
 
-    for d in drops:
-        run(["documents_parsed", "document_quality"], d)
+    run(["documents_parsed", "document_quality"], drops)
     run(["document_minhash_clusters"])
-    for d in drops:
-        run(["ocr_grounding_samples"], d)
+    run(["ocr_grounding_samples"], drops)
     run(["interleaved_shards", "ocr_grounding_shards"])
 
     reasons: Counter = Counter()

@@ -32,7 +32,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import video
-from assets.partitions import video_drops
+from assets.partitions import range_tags, video_drops
 from curation import shards, storage
 from pipelines import video as pipe
 from pipelines.common import manifest_url, quarantine_url
@@ -116,15 +116,16 @@ def materialize(root: str, drops: list[str], instance: dg.DagsterInstance, resou
     """Register the drops, materialize the video group in order (small settings), return a summary."""
     known = set(instance.get_dynamic_partitions(video_drops.name))
     instance.add_dynamic_partitions(video_drops.name, [d for d in drops if d not in known])
-    steps = [(["video_probe"], drops), (["video_neardup_clusters"], [None]),
-             (["video_clips", "video_captions", "temporal_grounding_samples"], drops), (["video_shards"], [None])]
+    steps = [(["video_probe"], drops), (["video_neardup_clusters"], None),
+             (["video_clips", "video_captions", "temporal_grounding_samples"], drops), (["video_shards"], None)]
     for names, parts in steps:
-        for part in parts:
-            print(f"[run] materializing {', '.join(names)}" + (f" [{part}]" if part else ""), flush=True)
-            result = dg.materialize(video.ASSETS, selection=names, partition_key=part, instance=instance,
-                                    resources=resources, run_config=RUN_CONFIG if part and len(names) > 1 else None)
+        # all drops in one run (as a single-run backfill): one Beam job per asset, one VLM engine
+        for tags in range_tags(instance, video_drops, parts) if parts else [None]:
+            print(f"[run] materializing {', '.join(names)}" + (f" [{', '.join(parts)}]" if parts else ""), flush=True)
+            result = dg.materialize(video.ASSETS, selection=names, instance=instance, tags=tags,
+                                    resources=resources, run_config=RUN_CONFIG if parts and len(names) > 1 else None)
             if not result.success:
-                raise RuntimeError(f"video track: {names} failed for {part}")
+                raise RuntimeError(f"video track: {names} failed for {parts}")
     return summary(root, drops)
 
 

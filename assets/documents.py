@@ -15,6 +15,9 @@ from assets.metadata import (
     jpeg_data_uri,
     preview_table,
     rows,
+    rows_of,
+    run_drops,
+    stage_links,
     stage_metadata,
 )
 from assets.partitions import document_drops, ready_partitions
@@ -28,6 +31,7 @@ from pipelines.common import manifest_url, quarantine_url
 
 GROUP = "documents"
 EAGER = dg.AutomationCondition.eager()
+ONE_JOB = dg.BackfillPolicy.single_run()  # a backfill of many drops: one run, one Beam job per asset
 A = pipe.ASSET
 
 
@@ -82,27 +86,33 @@ def _floats(values) -> list[float]:  # noqa: ANN001
     return [float(v) for v in values if v is not None]
 
 
+
+
+
+
+
+
 # ----------------------------------------------------------------------------------------------
 # per drop
 
 
-@dg.asset(partitions_def=document_drops, group_name=GROUP, kinds={"beam", "pdf", "html"}, check_specs=_checks("documents_parsed"),
+@dg.asset(partitions_def=document_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "pdf", "html"}, check_specs=_checks("documents_parsed"),
           automation_condition=dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress())
 def documents_parsed(context: dg.AssetExecutionContext, config: ParseRunConfig, storage: StorageResource,
                      beam_runner: BeamResource) -> dg.MaterializeResult:
     """PDFs (pymupdf), HTML pages and WARC records (trafilatura) as interleaved documents, one element schema."""
-    p = context.partition_key
+    parts = run_drops(context)
     s = _settings(pdf=pdfmod.PdfConfig(ocr=config.ocr, max_pages=config.max_pages))
-    inputs = pipe.drop_inputs(storage.root, p)
+    inputs = [f for p in parts for f in pipe.drop_inputs(storage.root, p)]
     t0 = time.perf_counter()
-    pipe.run_parsed(storage.root, p, s, beam_runner.argv())
+    res = pipe.run_parsed(storage.root, parts, s, beam_runner.argv())
     elapsed = time.perf_counter() - t0
-    murl, qurl = manifest_url(storage.root, A["parsed"], p), quarantine_url(storage.root, A["parsed"], p)
-    kept, dropped = rows(murl), rows(qurl)
-    images = fsio.read_table(manifest_url(storage.root, A["images"], p), columns=["sha256"]).num_rows \
-        if fsio.exists(manifest_url(storage.root, A["images"], p)) else 0
+    kept, dropped = rows_of(res.manifests.values()), rows_of(res.quarantines.values())
+    images = sum(fsio.read_table(u, columns=["sha256"]).num_rows for p in parts
+                 if fsio.exists(u := manifest_url(storage.root, A["images"], p)))
     pages = sum(r["n_pages"] or 0 for r in kept if r["kind"] == "pdf")
-    md = stage_metadata(len(inputs), kept, dropped, murl, qurl)
+    md = stage_metadata(len(inputs), kept, dropped, *stage_links(res))
+    md["beam_counters"] = dg.MetadataValue.json(dict(res.counters))
     md.update({
         "files_in": dg.MetadataValue.int(len(inputs)),
         "documents_out": dg.MetadataValue.int(len(kept)),
@@ -127,20 +137,20 @@ def documents_parsed(context: dg.AssetExecutionContext, config: ParseRunConfig, 
     ])
 
 
-@dg.asset(partitions_def=document_drops, group_name=GROUP, kinds={"beam", "parquet"}, deps=[documents_parsed],
+@dg.asset(partitions_def=document_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "parquet"}, deps=[documents_parsed],
           check_specs=_checks("document_quality"), automation_condition=EAGER)
 def document_quality(context: dg.AssetExecutionContext, storage: StorageResource, beam_runner: BeamResource) -> dg.MaterializeResult:
     """OBELICS element and document filters, knowledge density and readability (curation.doc_quality)."""
-    p = context.partition_key
-    pipe.run_quality(storage.root, p, _settings(), beam_runner.argv())
-    n_in = len(rows(manifest_url(storage.root, A["parsed"], p)))
-    murl, qurl = manifest_url(storage.root, A["quality"], p), quarantine_url(storage.root, A["quality"], p)
-    kept, dropped = rows(murl), rows(qurl)
+    parts = run_drops(context)
+    res = pipe.run_quality(storage.root, parts, _settings(), beam_runner.argv())
+    n_in = len(rows_of(manifest_url(storage.root, A["parsed"], p) for p in parts))
+    kept, dropped = rows_of(res.manifests.values()), rows_of(res.quarantines.values())
     element_drops: Counter = Counter()
     for r in kept + dropped:
         element_drops.update(json.loads(r["element_drops"] or "{}"))
-    md = stage_metadata(n_in, kept, dropped, murl, qurl)
+    md = stage_metadata(n_in, kept, dropped, *stage_links(res))
     md.update({
+        "beam_counters": dg.MetadataValue.json(dict(res.counters)),
         "documents_in": dg.MetadataValue.int(n_in),
         "documents_out": dg.MetadataValue.int(len(kept)),
         "element_drops": dg.MetadataValue.md(counter_table(element_drops, "element:reason")),
@@ -207,21 +217,21 @@ def _boxes_inside(samples: list[dict]) -> list[str]:
     return bad
 
 
-@dg.asset(partitions_def=document_drops, group_name=GROUP, kinds={"beam", "pdf"}, deps=[document_quality, document_minhash_clusters],
+@dg.asset(partitions_def=document_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "pdf"}, deps=[document_quality, document_minhash_clusters],
           automation_condition=EAGER, check_specs=[
               dg.AssetCheckSpec("ids_unique", asset="ocr_grounding_samples"),
               dg.AssetCheckSpec("boxes_inside_image", asset="ocr_grounding_samples", description="every grounding box lies in its image")])
 def ocr_grounding_samples(context: dg.AssetExecutionContext, config: OcrGroundingRunConfig, storage: StorageResource,
                           beam_runner: BeamResource) -> dg.MaterializeResult:
     """Rendered pages of kept PDFs -> OCR (page, region) and grounding (phrase -> box) samples, augmented."""
-    p = context.partition_key
+    parts = run_drops(context)
     s = _settings(pages_per_doc=config.pages_per_doc, grounding=og.GroundingConfig(dpi=config.dpi, augment=config.augment))
-    pipe.run_ocr_grounding(storage.root, p, s, beam_runner.argv())
-    murl, qurl = manifest_url(storage.root, A["ocr_grounding"], p), quarantine_url(storage.root, A["ocr_grounding"], p)
+    res = pipe.run_ocr_grounding(storage.root, parts, s, beam_runner.argv())
+    murl, _ = stage_links(res)
     # every column but the PNG bytes
-    samples = fsio.read_table(murl, columns=[f.name for f in pipe.OCR_SAMPLE_SCHEMA if f.name != "image"]).to_pylist() \
-        if fsio.exists(murl) else []
-    dropped = rows(qurl)
+    samples = [r for u in res.manifests.values() if fsio.exists(u)
+               for r in fsio.read_table(u, columns=[f.name for f in pipe.OCR_SAMPLE_SCHEMA if f.name != "image"]).to_pylist()]
+    dropped = rows_of(res.quarantines.values())
     pages = {(r["doc_id"], r["page"]) for r in samples}
     bad = _boxes_inside(samples)
     md = {
@@ -234,6 +244,8 @@ def ocr_grounding_samples(context: dg.AssetExecutionContext, config: OcrGroundin
         "augmentations": dg.MetadataValue.md(counter_table(Counter(
             op["op"] for r in samples if r["id"].endswith("_ocr") for op in json.loads(r["augmentations"] or "[]")), "op (page images)")),
         "manifest": dg.MetadataValue.path(murl),
+        "drops": dg.MetadataValue.text(", ".join(parts)),
+        "beam_counters": dg.MetadataValue.json(dict(res.counters)),
         "preview": dg.MetadataValue.md(preview_table(samples, ("id", "task", "prompt", "answer"))),
     }
     return dg.MaterializeResult(metadata=md, check_results=[

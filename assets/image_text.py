@@ -2,21 +2,32 @@
 where the work is per record, unpartitioned where it needs the whole corpus."""
 
 
+import json
 from collections import Counter
 
 import dagster as dg
 import numpy as np
 
-from assets.metadata import counter_table, histogram_table, preview_table, rows, stage_metadata
+from assets.metadata import (
+    counter_table,
+    histogram_table,
+    preview_table,
+    rows,
+    rows_of,
+    run_drops,
+    stage_metadata,
+)
 from assets.partitions import image_text_drops
-from assets.resources import BeamResource, ClipModelResource, GenerationResource, StorageResource
-from curation import clip_score, metaclip, neardup, phash, shards, text_quality
+from assets.resources import ENGINE_TAG, BeamResource, ClipModelResource, GenerationResource, StorageResource
+from curation import clip_score, metaclip, phash, shards, text_quality
 from curation import storage as fsio
 from pipelines import image_text as pipe
-from pipelines.common import manifest_url, quarantine_url
+from pipelines.common import StageResult, manifest_url, quarantine_url
 
 GROUP = "image_text"
 EAGER = dg.AutomationCondition.eager()
+# A backfill over many drops is one run and one Beam job per asset (the stage runs all its drops at once).
+ONE_JOB = dg.BackfillPolicy.single_run()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -28,7 +39,7 @@ class NearDupConfig(dg.Config):
 
     hamming_k: int = phash.DEFAULT_THRESHOLD
     benchmark_k: int = phash.DEFAULT_THRESHOLD
-    engine: str = "auto"  # auto | inmemory | beam
+    engine: str = "auto"  # ignored (old configs): the pipeline always runs the distributed dedup
 
 
 class CaptionQualityRunConfig(dg.Config):
@@ -85,12 +96,25 @@ def _materialized_partitions(context: dg.AssetExecutionContext, storage_res: Sto
     return ready
 
 
-def _result(context: dg.AssetExecutionContext, root: str, asset: str, partition: str, n_in: int,
-            extra: dict | None = None, preview_cols: tuple[str, ...] = ("id", "caption")) -> dg.MaterializeResult:
-    murl, qurl = manifest_url(root, asset, partition), quarantine_url(root, asset, partition)
-    kept, dropped = rows(murl), rows(qurl)
-    md = stage_metadata(n_in, kept, dropped, murl, qurl)
+
+
+
+
+def _result(context: dg.AssetExecutionContext, root: str, asset: str, partitions: list[str], n_in: int,
+            extra: dict | None = None, preview_cols: tuple[str, ...] = ("id", "caption"),
+            stage: StageResult | None = None) -> dg.MaterializeResult:
+    murls = [manifest_url(root, asset, p) for p in partitions]
+    qurls = [quarantine_url(root, asset, p) for p in partitions]
+    kept, dropped = rows_of(murls), rows_of(qurls)
+    one = len(partitions) == 1
+    md = stage_metadata(n_in, kept, dropped, murls[0] if one else fsio.join(root, "manifests", asset),
+                        qurls[0] if one else fsio.join(root, "quarantine", asset))
+    md["drops"] = dg.MetadataValue.text(", ".join(partitions))
     md["preview"] = dg.MetadataValue.md(preview_table(kept, preview_cols))
+    if stage is not None:
+        md["beam_counters"] = dg.MetadataValue.json(dict(stage.counters))
+        if stage.plan:
+            md["plan"] = dg.MetadataValue.json(json.loads(json.dumps(dict(stage.plan), default=str)))
     md.update(extra or {})
     ids = [r["id"] for r in kept]
     dup_ids = len(ids) - len(set(ids))
@@ -103,6 +127,10 @@ def _result(context: dg.AssetExecutionContext, root: str, asset: str, partition:
                                 metadata={"columns": dg.MetadataValue.text(", ".join(sorted(expected)))}),
         ],
     )
+
+
+def _n_in(root: str, asset: str, partitions: list[str]) -> int:
+    return sum(_n_rows(manifest_url(root, asset, p)) for p in partitions)
 
 
 def _n_rows(url: str) -> int:
@@ -118,32 +146,33 @@ def _checks(name: str) -> list[dg.AssetCheckSpec]:
 # Per-drop assets
 
 
-@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "parquet"}, check_specs=_checks("image_text_samples"),
+@dg.asset(partitions_def=image_text_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "parquet"}, check_specs=_checks("image_text_samples"),
           automation_condition=dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress())
 def image_text_samples(context: dg.AssetExecutionContext, storage: StorageResource, beam_runner: BeamResource) -> dg.MaterializeResult:
     """Image-caption pairs of one drop: ingested, format-sniffed and validated, with stable ids."""
-    p = context.partition_key
-    pipe.run_samples(storage.root, p, settings(), beam_runner.argv())
-    kept = rows(manifest_url(storage.root, "image_text_samples", p))
-    dropped = rows(quarantine_url(storage.root, "image_text_samples", p))
+    parts = run_drops(context)
+    res = pipe.run_samples(storage.root, parts, settings(), beam_runner.argv())
+    kept = rows_of(res.manifests.values())
+    dropped = rows_of(res.quarantines.values())
     extra = {
         "formats": dg.MetadataValue.md(counter_table(Counter(r["format"] for r in kept), "format")),
         "image_side_px": dg.MetadataValue.md(histogram_table([min(r["width"], r["height"]) for r in kept], 10, "shorter side")),
         "caption_chars": dg.MetadataValue.md(histogram_table([len(r["caption"] or "") for r in kept], 10, "caption chars")),
-        "drop": dg.MetadataValue.path(pipe.landing_url(storage.root, p)),
+        "landing": dg.MetadataValue.path(pipe.landing_url(storage.root, parts[0]) if len(parts) == 1
+                                         else storage.url("landing", pipe.TRACK)),
     }
-    return _result(context, storage.root, "image_text_samples", p, len(kept) + len(dropped), extra,
-                   ("id", "format", "width", "height", "caption"))
+    return _result(context, storage.root, "image_text_samples", parts, len(kept) + len(dropped), extra,
+                   ("id", "format", "width", "height", "caption"), res)
 
 
-@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "parquet"}, deps=[image_text_samples],
+@dg.asset(partitions_def=image_text_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "parquet"}, deps=[image_text_samples],
           check_specs=_checks("image_phash"), automation_condition=EAGER)
 def image_phash(context: dg.AssetExecutionContext, storage: StorageResource, beam_runner: BeamResource) -> dg.MaterializeResult:
     """64-bit pHash (imagehash definition) of every valid image, decoded in JPEG draft mode."""
-    p = context.partition_key
-    pipe.run_phash(storage.root, p, settings(), beam_runner.argv())
-    n_in = _n_rows(manifest_url(storage.root, "image_text_samples", p))
-    return _result(context, storage.root, "image_phash", p, n_in, preview_cols=("id", "phash", "caption"))
+    parts = run_drops(context)
+    res = pipe.run_phash(storage.root, parts, settings(), beam_runner.argv())
+    n_in = _n_in(storage.root, "image_text_samples", parts)
+    return _result(context, storage.root, "image_phash", parts, n_in, preview_cols=("id", "phash", "caption"), stage=res)
 
 
 @dg.asset(group_name="decontamination", kinds={"beam", "parquet"}, automation_condition=dg.AutomationCondition.missing())
@@ -166,7 +195,7 @@ def image_neardup_clusters(context: dg.AssetExecutionContext, config: NearDupCon
     """Exact and pHash near-duplicates over all drops (earlier drops win), and benchmark near-dups."""
     parts = _materialized_partitions(context, storage, "image_phash")
     s = settings(hamming_k=config.hamming_k, benchmark_k=config.benchmark_k, neardup_engine=config.engine)
-    pipe.run_neardup(storage.root, parts, s, beam_runner.argv())
+    res = pipe.run_neardup(storage.root, parts, s, beam_runner.argv())
     kept, dropped, n_in = [], [], 0
     for p in parts:
         n_in += _n_rows(manifest_url(storage.root, "image_phash", p))
@@ -180,7 +209,9 @@ def image_neardup_clusters(context: dg.AssetExecutionContext, config: NearDupCon
     md.update({
         "partitions": dg.MetadataValue.text(", ".join(parts)),
         "hamming_k": dg.MetadataValue.int(config.hamming_k),
-        "search_plan": dg.MetadataValue.text(str(neardup.plan_search(max(n_in, 1), config.hamming_k))),
+        "search_plan": dg.MetadataValue.text(res.plan["search_plan"]),  # the plan the pipeline ran
+        "benchmark_plan": dg.MetadataValue.text(res.plan["benchmark_plan"] or "no benchmark images"),
+        "beam_counters": dg.MetadataValue.json(dict(res.counters)),
         "near_dup_pairs": dg.MetadataValue.int(len(near)),
         "benchmark_pairs": dg.MetadataValue.int(len(pairs) - len(near)),
         "hamming_distances": dg.MetadataValue.md(histogram_table(near, list(range(0, config.hamming_k + 2)), "hamming")),
@@ -191,44 +222,44 @@ def image_neardup_clusters(context: dg.AssetExecutionContext, config: NearDupCon
         dg.AssetCheckResult(check_name="one_representative_per_cluster", passed=max(reps_per_cluster.values(), default=1) == 1)])
 
 
-@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "parquet"}, deps=[image_neardup_clusters],
+@dg.asset(partitions_def=image_text_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "parquet"}, deps=[image_neardup_clusters],
           check_specs=_checks("caption_quality"), automation_condition=EAGER)
 def caption_quality(context: dg.AssetExecutionContext, config: CaptionQualityRunConfig, storage: StorageResource,
                     beam_runner: BeamResource) -> dg.MaterializeResult:
     """Captions filtered for length, repetition, special characters, stop words and language."""
-    p = context.partition_key
+    parts = run_drops(context)
     base = text_quality.CaptionQualityConfig()
     cfg = text_quality.CaptionQualityConfig(**{**base.__dict__, "min_words": config.min_words, "max_words": config.max_words,
                                                "allowed_languages": tuple(config.allowed_languages) or None})
-    pipe.run_quality(storage.root, p, settings(caption=cfg), beam_runner.argv())
-    kept = rows(manifest_url(storage.root, "caption_quality", p))
-    n_in = _n_rows(manifest_url(storage.root, "image_neardup_clusters", p))
+    res = pipe.run_quality(storage.root, parts, settings(caption=cfg), beam_runner.argv())
+    kept = rows_of(res.manifests.values())
+    n_in = _n_in(storage.root, "image_neardup_clusters", parts)
     extra = {
         "languages": dg.MetadataValue.md(counter_table(Counter(r["caption_lang"] for r in kept), "language")),
         "caption_words": dg.MetadataValue.md(histogram_table([len((r["caption"] or "").split()) for r in kept], 10, "words")),
     }
-    return _result(context, storage.root, "caption_quality", p, n_in, extra, ("id", "caption_lang", "caption"))
+    return _result(context, storage.root, "caption_quality", parts, n_in, extra, ("id", "caption_lang", "caption"), res)
 
 
-@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "pytorch"}, deps=[caption_quality],
+@dg.asset(partitions_def=image_text_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "pytorch"}, deps=[caption_quality],
           check_specs=_checks("clip_scores"), automation_condition=EAGER)
 def clip_scores(context: dg.AssetExecutionContext, config: ClipRunConfig, storage: StorageResource, clip: ClipModelResource,
                 beam_runner: BeamResource) -> dg.MaterializeResult:
     """open_clip cosine image-text similarity; the lowest-scoring pairs are dropped (DataComp style)."""
-    p = context.partition_key
+    parts = run_drops(context)
     cfg = clip_score.ClipFilterConfig(min_score=config.min_score) if config.min_score is not None else \
         clip_score.ClipFilterConfig(keep_top_fraction=config.keep_top_fraction)
-    pipe.run_clip(storage.root, p, settings(clip, clip_filter=cfg), beam_runner.argv())
-    kept = rows(manifest_url(storage.root, "clip_scores", p))
-    dropped = rows(quarantine_url(storage.root, "clip_scores", p))
+    res = pipe.run_clip(storage.root, parts, settings(clip, clip_filter=cfg), beam_runner.argv())
+    kept = rows_of(res.manifests.values())
+    dropped = rows_of(res.quarantines.values())
     scores = [r["clip_score"] for r in kept] + [r["clip_score"] for r in dropped if r.get("clip_score") is not None]
     extra = {
         "clip_model": dg.MetadataValue.text(f"{clip.model} {clip.pretrained or ''}".strip()),
         "clip_score_distribution": dg.MetadataValue.md(histogram_table(scores, 12, "CLIP score")),
         "clip_score_mean": dg.MetadataValue.float(float(np.mean(scores)) if scores else 0.0),
     }
-    n_in = _n_rows(manifest_url(storage.root, "caption_quality", p))
-    return _result(context, storage.root, "clip_scores", p, n_in, extra, ("id", "clip_score", "caption"))
+    n_in = _n_in(storage.root, "caption_quality", parts)
+    return _result(context, storage.root, "clip_scores", parts, n_in, extra, ("id", "clip_score", "caption"), res)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,16 +302,16 @@ def metaclip_entry_counts(context: dg.AssetExecutionContext, storage: StorageRes
     })
 
 
-@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "parquet"}, deps=[clip_scores, metaclip_entry_counts],
+@dg.asset(partitions_def=image_text_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "parquet"}, deps=[clip_scores, metaclip_entry_counts],
           check_specs=_checks("metaclip_balanced"), automation_condition=EAGER)
 def metaclip_balanced(context: dg.AssetExecutionContext, config: BalanceRunConfig, storage: StorageResource,
                       beam_runner: BeamResource) -> dg.MaterializeResult:
     """MetaCLIP balancing: head concepts sub-sampled to t with per-record seeded draws; tail kept."""
-    p = context.partition_key
+    parts = run_drops(context)
     s = settings(metaclip_t=config.t, metaclip_version=config.version)
-    pipe.run_balance(storage.root, p, s, beam_runner.argv())
-    kept = rows(manifest_url(storage.root, "metaclip_balanced", p))
-    dropped = rows(quarantine_url(storage.root, "metaclip_balanced", p))
+    res = pipe.run_balance(storage.root, parts, s, beam_runner.argv())
+    kept = rows_of(res.manifests.values())
+    dropped = rows_of(res.quarantines.values())
     before = Counter(e for r in kept + dropped for e in (r.get("metaclip_entries") or []))
     after = Counter(e for r in kept for e in (r.get("metaclip_entries") or []))
     t, _ = pipe.metaclip_threshold(storage.root, s)
@@ -288,8 +319,8 @@ def metaclip_balanced(context: dg.AssetExecutionContext, config: BalanceRunConfi
         "t": dg.MetadataValue.int(int(t)),
         "concept_counts_before_after": dg.MetadataValue.md(counter_table(before, "entry", 25, after, "after balancing")),
     }
-    n_in = _n_rows(manifest_url(storage.root, "clip_scores", p))
-    return _result(context, storage.root, "metaclip_balanced", p, n_in, extra, ("id", "metaclip_entries", "caption"))
+    n_in = _n_in(storage.root, "clip_scores", parts)
+    return _result(context, storage.root, "metaclip_balanced", parts, n_in, extra, ("id", "metaclip_entries", "caption"), res)
 
 
 class RecaptionRunConfig(dg.Config):
@@ -300,7 +331,7 @@ class RecaptionRunConfig(dg.Config):
     min_consistency: float = 0.3
 
 
-@dg.asset(partitions_def=image_text_drops, group_name=GROUP, kinds={"beam", "vllm"}, deps=[metaclip_balanced],
+@dg.asset(partitions_def=image_text_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "vllm"}, op_tags=ENGINE_TAG, deps=[metaclip_balanced],
           check_specs=_checks("recaptions"), automation_condition=EAGER)
 def recaptions(context: dg.AssetExecutionContext, config: RecaptionRunConfig, storage: StorageResource, vlm: GenerationResource,
                beam_runner: BeamResource) -> dg.MaterializeResult:
@@ -309,12 +340,12 @@ def recaptions(context: dg.AssetExecutionContext, config: RecaptionRunConfig, st
 
     from curation import generation, recaption
 
-    p = context.partition_key
+    parts = run_drops(context)
     s = settings(recaption_engine=vlm.spec(),
                  recaption_sampling=generation.SamplingParams(n=1, temperature=config.temperature, max_tokens=config.max_tokens),
                  recaption=replace(recaption.DEFAULT_CONFIG, min_consistency=config.min_consistency))
-    pipe.run_recaption(storage.root, p, s, beam_runner.argv())
-    kept = rows(manifest_url(storage.root, "recaptions", p))
+    res = pipe.run_recaption(storage.root, parts, s, beam_runner.argv())
+    kept = rows_of(res.manifests.values())
     status = Counter(r["recaption_status"] for r in kept)
     extra = {
         "vlm": dg.MetadataValue.text(f"{vlm.kind}: {vlm.model}"),
@@ -323,8 +354,8 @@ def recaptions(context: dg.AssetExecutionContext, config: RecaptionRunConfig, st
         "consistency": dg.MetadataValue.md(histogram_table([r["recaption_consistency"] for r in kept
                                                             if r["recaption_consistency"] is not None], 10, "consistency")),
     }
-    n_in = _n_rows(manifest_url(storage.root, "metaclip_balanced", p))
-    return _result(context, storage.root, "recaptions", p, n_in, extra, ("id", "caption", "recaption", "recaption_status"))
+    n_in = _n_in(storage.root, "metaclip_balanced", parts)
+    return _result(context, storage.root, "recaptions", parts, n_in, extra, ("id", "caption", "recaption", "recaption_status"), res)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -45,6 +45,34 @@ def rows(url: str) -> list[dict]:
     return storage.read_records(url) if storage.exists(url) else []
 
 
+BYTE_COLUMNS = ("frames", "image", "bytes")  # payloads: for the shard writer, never for metadata
+
+
+def rows_of(urls: Iterable[str], skip: Sequence[str] = BYTE_COLUMNS) -> list[dict]:
+    """Rows of several manifests (missing ones count as empty), without their byte columns."""
+    out: list[dict] = []
+    for url in urls:
+        if storage.exists(url):
+            table = storage.read_table(url)
+            out += table.drop_columns([c for c in skip if c in table.column_names]).to_pylist()
+    return out
+
+
+def run_drops(context: dg.AssetExecutionContext) -> list[str]:
+    """The drops of this run, sorted: one, or a whole backfill range (``BackfillPolicy.single_run``:
+    one Beam job for all of them, so models load once per worker, not once per drop)."""
+    return sorted(context.partition_keys)
+
+
+def stage_links(res) -> tuple[str, str]:  # noqa: ANN001 - a pipelines.common.StageResult
+    """(manifest, quarantine) to link in the UI: the files of a single drop, else their folders."""
+    if len(res.partitions) == 1:
+        p = res.partitions[0]
+        return res.manifests[p], res.quarantines[p]
+    return (next(iter(res.manifests.values())).rsplit("/", 1)[0],
+            next(iter(res.quarantines.values())).rsplit("/", 1)[0])
+
+
 def reasons_table(quarantine_rows: Sequence[dict]) -> str:
     """Markdown table of drops by (stage, reason), most frequent first."""
     counts = Counter((r.get("stage") or "", r.get("reason") or "") for r in quarantine_rows)

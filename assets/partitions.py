@@ -19,3 +19,23 @@ def ready_partitions(context: dg.AssetExecutionContext, partitions_def: dg.Dynam
     if not ready:
         raise dg.Failure(f"no partition of {upstream} is materialized yet (registered drops: {keys})")
     return ready
+
+
+def range_tags(instance: dg.DagsterInstance, partitions_def: dg.DynamicPartitionsDefinition,
+               keys: list[str]) -> list[dict[str, str]]:
+    """Run tags that make runs materialize ``keys`` together (what a single-run backfill launches): the
+    asset sees a whole range in ``context.partition_keys``. One tag set per contiguous range of the
+    registered drops (registration order): usually one."""
+    registered = instance.get_dynamic_partitions(partitions_def.name)
+    unknown = sorted(set(keys) - set(registered))
+    if unknown:
+        raise ValueError(f"drops {unknown} are not registered as {partitions_def.name} partitions")
+    pos = sorted(registered.index(k) for k in set(keys))
+    ranges: list[list[int]] = []
+    for i in pos:
+        if ranges and i == ranges[-1][-1] + 1:
+            ranges[-1].append(i)
+        else:
+            ranges.append([i])
+    return [{"dagster/asset_partition_range_start": registered[r[0]],
+             "dagster/asset_partition_range_end": registered[r[-1]]} for r in ranges]

@@ -16,6 +16,9 @@ def default_root() -> str:
     return os.environ.get("VLM_DATA_ROOT", str(REPO / "data"))
 
 
+# Op tag of the steps that start a generation engine (vLLM): the executor runs them one at a time.
+ENGINE_TAG = {"curation/engine": "generation"}
+
 class StorageResource(dg.ConfigurableResource):
     """The storage root: a local path or any fsspec URL (s3://, gs://). Layout: DESIGN.md section 2."""
 

@@ -15,10 +15,13 @@ from assets.metadata import (
     jpeg_data_uri,
     preview_table,
     rows,
+    rows_of,
+    run_drops,
+    stage_links,
     stage_metadata,
 )
 from assets.partitions import video_drops, ready_partitions
-from assets.resources import BeamResource, GenerationResource, StorageResource
+from assets.resources import ENGINE_TAG, BeamResource, GenerationResource, StorageResource
 from curation import generation, shards, video
 from curation import video_captions as vcap
 from curation import storage as fsio
@@ -27,6 +30,7 @@ from pipelines.common import manifest_url, quarantine_url
 
 GROUP = "video"
 EAGER = dg.AutomationCondition.eager()
+ONE_JOB = dg.BackfillPolicy.single_run()  # a backfill of many drops: one run, one Beam job per asset
 A = pipe.ASSET
 
 
@@ -110,26 +114,33 @@ def _check(name: str, passed: bool, **md) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=name, passed=bool(passed), metadata=md)
 
 
+
+
+
+
+
+
 # ----------------------------------------------------------------------------------------------
 # Per-drop probe and the corpus-wide same-footage clusters
 
 
-@dg.asset(partitions_def=video_drops, group_name=GROUP, kinds={"beam", "ffmpeg", "parquet"},
+@dg.asset(partitions_def=video_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "ffmpeg", "parquet"},
           automation_condition=dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress(),
           check_specs=[dg.AssetCheckSpec("nothing_lost", asset="video_probe", description="every file of the drop is kept or quarantined"),
                        dg.AssetCheckSpec("ids_unique", asset="video_probe", description="no video id twice (exact copies are quarantined)")])
 def video_probe(context: dg.AssetExecutionContext, config: ProbeRunConfig, storage: StorageResource,
                 beam_runner: BeamResource) -> dg.MaterializeResult:
     """Every file of the drop probed (ffprobe + tail check); unreadable, audio-only, tiny or cut files quarantined."""
-    p = context.partition_key
+    parts = run_drops(context)
     limits = video.VideoLimits(min_side=config.min_side, max_duration_s=config.max_duration_s, check_tail=config.check_tail,
                                timeout_s=config.probe_timeout_s)
-    pipe.run_probe(storage.root, p, settings(limits=limits), beam_runner.argv())
-    n_in = len(pipe.drop_inputs(storage.root, p))
-    murl, qurl = manifest_url(storage.root, A["probe"], p), quarantine_url(storage.root, A["probe"], p)
-    kept, dropped = rows(murl), rows(qurl)
-    md = stage_metadata(n_in, kept, dropped, murl, qurl)
+    res = pipe.run_probe(storage.root, parts, settings(limits=limits), beam_runner.argv())
+    n_in = sum(len(pipe.drop_inputs(storage.root, p)) for p in parts)
+    kept, dropped = rows_of(res.manifests.values()), rows_of(res.quarantines.values())
+    md = stage_metadata(n_in, kept, dropped, *stage_links(res))
     md.update({
+        "drops": dg.MetadataValue.text(", ".join(parts)),
+        "beam_counters": dg.MetadataValue.json(dict(res.counters)),
         "durations_s": dg.MetadataValue.md(histogram_table([r["duration_s"] for r in kept], [0, 2, 5, 10, 30, 60, 300, 3600, 1e9], "seconds")),
         "total_hours": dg.MetadataValue.float(round(sum(r["duration_s"] for r in kept) / 3600, 4)),
         "codecs": dg.MetadataValue.md(counter_table(Counter(r["codec"] for r in kept), "codec")),
@@ -179,22 +190,26 @@ def video_neardup_clusters(context: dg.AssetExecutionContext, config: NearDupRun
 # Per-drop clips, captions, grounding
 
 
-@dg.asset(partitions_def=video_drops, group_name=GROUP, kinds={"beam", "ffmpeg", "parquet"}, deps=[video_neardup_clusters],
+@dg.asset(partitions_def=video_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "ffmpeg", "parquet"}, deps=[video_neardup_clusters],
           automation_condition=EAGER,
           check_specs=[dg.AssetCheckSpec("nothing_lost", asset="video_clips", description="every representative video has clips or a quarantine row"),
                        dg.AssetCheckSpec("frames_per_clip", asset="video_clips", description="each clip has its frames, inside the clip")])
 def video_clips(context: dg.AssetExecutionContext, config: ClipRunConfig, storage: StorageResource,
                 beam_runner: BeamResource) -> dg.MaterializeResult:
     """Representative videos split at scene cuts into bounded clips, with frames sampled per clip (JPEG)."""
-    p = context.partition_key
+    parts = run_drops(context)
     s = settings(scene_threshold=config.scene_threshold, min_clip_s=config.min_clip_s, max_clip_s=config.max_clip_s,
                  max_clips_per_video=config.max_clips_per_video, frames_per_clip=config.frames_per_clip, frame_size=config.frame_size)
-    pipe.run_clips(storage.root, p, s, beam_runner.argv())
-    murl, qurl = manifest_url(storage.root, A["clips"], p), quarantine_url(storage.root, A["clips"], p)
-    kept = _columns(murl, ["id", "video_id", "source", "start", "end", "duration", "video_duration", "cuts", "frame_times", "n_clips"])
-    dropped = rows(qurl)
-    reps = pipe.representatives(storage.root, p)
+    res = pipe.run_clips(storage.root, parts, s, beam_runner.argv())
+    kept = [r for u in res.manifests.values() for r in _columns(
+        u, ["id", "video_id", "source", "start", "end", "duration", "video_duration", "cuts", "frame_times", "n_clips"])]
+    dropped = rows_of(res.quarantines.values())
+    wanted = set(parts)
+    reps = {r["id"] for r in _columns(manifest_url(storage.root, A["neardup"], pipe.CORPUS), ["id", "partition", "representative"])
+            if r["representative"] and r["partition"] in wanted}
+    murl, qurl = stage_links(res)
     md = stage_metadata(len(reps), kept, dropped, murl, qurl)
+    md["beam_counters"] = dg.MetadataValue.json(dict(res.counters))
     per_video = {r["video_id"]: r for r in kept}
     cuts_per_min = [len(r["cuts"]) / (r["video_duration"] / 60) for r in per_video.values() if r["video_duration"]]
     md.update({
@@ -207,7 +222,8 @@ def video_clips(context: dg.AssetExecutionContext, config: ClipRunConfig, storag
         "preview": dg.MetadataValue.md(preview_table(kept, ("id", "start", "end", "n_clips"))),
     })
     if kept:
-        first = fsio.read_table(murl, columns=["frames"]).slice(0, 1).to_pylist()[0]["frames"]
+        first_url = next(u for u in res.manifests.values() if _columns(u, ["id"]))
+        first = fsio.read_table(first_url, columns=["frames"]).slice(0, 1).to_pylist()[0]["frames"]
         md["frame_strip"] = dg.MetadataValue.md(f"{kept[0]['source'].rsplit('/', 1)[-1]} "
                                                 f"[{kept[0]['start']:.1f}-{kept[0]['end']:.1f} s]\n\n{frame_strip(first)}")
     covered = {r["video_id"] for r in kept} | {r["video_id"] for r in dropped}
@@ -218,22 +234,22 @@ def video_clips(context: dg.AssetExecutionContext, config: ClipRunConfig, storag
     ])
 
 
-@dg.asset(partitions_def=video_drops, group_name=GROUP, kinds={"beam", "vllm"}, deps=[video_clips], automation_condition=EAGER,
+@dg.asset(partitions_def=video_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "vllm"}, op_tags=ENGINE_TAG, deps=[video_clips], automation_condition=EAGER,
           check_specs=[dg.AssetCheckSpec("events_inside_clips", asset="video_captions",
                                          description="every event has 0 <= start < end <= the clip length (rounded up)"),
                        dg.AssetCheckSpec("nothing_lost", asset="video_captions", description="every clip is captioned or quarantined")])
 def video_captions(context: dg.AssetExecutionContext, config: CaptionRunConfig, storage: StorageResource, vlm: GenerationResource,
                    beam_runner: BeamResource) -> dg.MaterializeResult:
     """Dense captions with [mm:ss, mm:ss] events from the VLM, validated; failures retried, then quarantined."""
-    p = context.partition_key
+    parts = run_drops(context)
     s = settings(engine=vlm.spec(), retries=config.retries,
                  sampling=generation.SamplingParams(n=1, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed),
                  event_format=vcap.EventFormat(allow_overlap=config.allow_overlap))
-    pipe.run_captions(storage.root, p, s, beam_runner.argv())
-    murl, qurl = manifest_url(storage.root, A["captions"], p), quarantine_url(storage.root, A["captions"], p)
-    kept, dropped = rows(murl), rows(qurl)
-    n_in = len(_columns(manifest_url(storage.root, A["clips"], p), ["id"]))
-    md = stage_metadata(n_in, kept, dropped, murl, qurl)
+    res = pipe.run_captions(storage.root, parts, s, beam_runner.argv())
+    kept, dropped = rows_of(res.manifests.values()), rows_of(res.quarantines.values())
+    n_in = sum(len(_columns(manifest_url(storage.root, A["clips"], p), ["id"])) for p in parts)
+    md = stage_metadata(n_in, kept, dropped, *stage_links(res))
+    md["beam_counters"] = dg.MetadataValue.json(dict(res.counters))
     everything = kept + dropped
     md.update({
         "vlm": dg.MetadataValue.text(f"{vlm.kind}: {vlm.model}"),
@@ -252,18 +268,18 @@ def video_captions(context: dg.AssetExecutionContext, config: CaptionRunConfig, 
     ])
 
 
-@dg.asset(partitions_def=video_drops, group_name=GROUP, kinds={"beam", "parquet"}, deps=[video_captions], automation_condition=EAGER,
+@dg.asset(partitions_def=video_drops, backfill_policy=ONE_JOB, group_name=GROUP, kinds={"beam", "parquet"}, deps=[video_captions], automation_condition=EAGER,
           check_specs=[dg.AssetCheckSpec("answers_parse", asset="temporal_grounding_samples",
                                          description="each answer parses back to its event's interval (the MORL temporal reward reads it)")])
 def temporal_grounding_samples(context: dg.AssetExecutionContext, storage: StorageResource,
                                beam_runner: BeamResource) -> dg.MaterializeResult:
     """One 'when does <event> happen?' sample per validated event, answered [mm:ss, mm:ss]."""
-    p = context.partition_key
-    pipe.run_temporal_grounding(storage.root, p, settings(), beam_runner.argv())
-    murl, qurl = manifest_url(storage.root, A["temporal_grounding"], p), quarantine_url(storage.root, A["temporal_grounding"], p)
-    kept, dropped = rows(murl), rows(qurl)
-    n_in = sum(r["n_events"] for r in rows(manifest_url(storage.root, A["captions"], p)))
-    md = stage_metadata(n_in, kept, dropped, murl, qurl)
+    parts = run_drops(context)
+    res = pipe.run_temporal_grounding(storage.root, parts, settings(), beam_runner.argv())
+    kept, dropped = rows_of(res.manifests.values()), rows_of(res.quarantines.values())
+    n_in = sum(r["n_events"] for p in parts for r in _columns(manifest_url(storage.root, A["captions"], p), ["n_events"]))
+    md = stage_metadata(n_in, kept, dropped, *stage_links(res))
+    md["beam_counters"] = dg.MetadataValue.json(dict(res.counters))
     md.update({
         "interval_lengths_s": dg.MetadataValue.md(histogram_table([r["end"] - r["start"] for r in kept], 8, "seconds")),
         "preview": dg.MetadataValue.md(preview_table(kept, ("clip_id", "query", "answer"))),

@@ -36,13 +36,23 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(out)
 
 
-def write_block(name: str, body: str, readme: Path = README) -> None:
-    """Replace (or append) the README block of benchmark ``name`` with ``body``."""
+def write_block(name: str, body: str, readme: Path = README, section: str | None = None) -> None:
+    """Replace (or append) the README block of benchmark ``name`` with ``body``.
+
+    A missing block goes at the end of the ``## <section>`` section when README has one, else under
+    '## Benchmarks'.
+    """
     text = readme.read_text() if readme.exists() else "# README\n"
     block = f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    heading = re.compile(rf"^## {re.escape(section)}[ \t]*$", re.M) if section else None
+    found = heading.search(text) if heading else None
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
+    elif found:
+        nxt = re.compile(r"^## ", re.M).search(text, found.end())
+        end = nxt.start() if nxt else len(text)
+        text = text[:end].rstrip() + "\n\n" + block + "\n" + ("\n" + text[end:] if nxt else "")
     else:
         if "\n## Benchmarks" not in text:
             text = text.rstrip() + "\n\n## Benchmarks\n"

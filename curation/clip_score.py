@@ -9,7 +9,9 @@ or keep the top fraction by score (``keep_top_fraction``; DataComp's best baseli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +46,55 @@ def threshold_for(scores: np.ndarray, config: ClipFilterConfig) -> float | None:
         return None
     n_keep = int(np.ceil(config.keep_top_fraction * len(scores)))
     return float(np.sort(np.asarray(scores, dtype=np.float64))[::-1][n_keep - 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The top-fraction threshold in two small passes (what a distributed runner computes)
+#
+# ``threshold_for`` sorts every score of a drop: fine in a notebook, a gather at corpus scale. The
+# same value comes exactly from (1) a histogram of monotone score buckets (a combiner, small: at most
+# 2^SCORE_BUCKET_BITS buckets, a few thousand for real CLIP scores), which locates the bucket holding
+# the n_keep-th largest score, and (2) the distinct values inside that one bucket (a second combiner,
+# bounded by the float64 values that share 20 leading bits of the order key), where the order
+# statistic is read off. No approximation error: the result equals ``threshold_for`` bit for bit.
+
+SCORE_BUCKET_BITS = 20
+
+
+def score_bucket(score: float) -> int:
+    """Monotone bucket of a score: the top SCORE_BUCKET_BITS bits of its float64 total-order key
+    (a < b implies bucket(a) <= bucket(b))."""
+    (u,) = struct.unpack("<Q", struct.pack("<d", float(score)))
+    u = (~u & 0xFFFF_FFFF_FFFF_FFFF) if u >> 63 else (u | (1 << 63))
+    return u >> (64 - SCORE_BUCKET_BITS)
+
+
+def keep_count(n: int, config: ClipFilterConfig) -> int | None:
+    """How many of ``n`` scores the top-fraction rule keeps (None: no rank rule applies)."""
+    if config.min_score is not None or config.keep_top_fraction is None or n == 0:
+        return None
+    return int(math.ceil(config.keep_top_fraction * n))
+
+
+def boundary_bucket(histogram: Mapping[int, int], n_keep: int) -> tuple[int, int]:
+    """(bucket that holds the ``n_keep``-th largest score, that score's 1-based rank from the top of
+    the bucket)."""
+    seen = 0
+    for bucket in sorted(histogram, reverse=True):
+        if seen + histogram[bucket] >= n_keep:
+            return bucket, n_keep - seen
+        seen += histogram[bucket]
+    raise ValueError(f"n_keep {n_keep} exceeds the {seen} scores of the histogram")
+
+
+def kth_largest(value_counts: Mapping[float, int], rank: int) -> float:
+    """The ``rank``-th largest value (1-based) of a multiset given as value -> count."""
+    seen = 0
+    for value in sorted(value_counts, reverse=True):
+        seen += value_counts[value]
+        if seen >= rank:
+            return float(value)
+    raise ValueError(f"rank {rank} exceeds the {seen} values given")
 
 
 def clip_verdict(score: float, threshold: float | None) -> Verdict:

@@ -33,16 +33,41 @@ def decide_exact(group: Sequence[dict]) -> list[dict]:
     return out
 
 
+def decide_cluster(ids: Sequence[str], ranks: Sequence, closest: Sequence[int | None],
+                   bench: Sequence[tuple[str, int] | None]) -> list[dict]:
+    """Decisions for the members of one connected component (any order), aligned with ``ids``.
+
+    ``ranks``: each member's ``precedence`` key (smallest wins); ``closest``: its smallest distance
+    to a neighbour in the component; ``bench``: (benchmark id, hamming) or None. Contaminated
+    members are dropped whatever their cluster and are never the representative; the best clean
+    member is kept; the rest are near duplicates of it. Each dict has ``_decision``, ``cluster_id``
+    (smallest member id), ``cluster_size``, and for drops ``dup_of`` and ``hamming``.
+    """
+    clean = [i for i in range(len(ids)) if bench[i] is None]
+    rep = min(clean, key=lambda i: ranks[i]) if clean else None
+    base = {"cluster_id": min(ids), "cluster_size": len(ids)}
+    out = []
+    for i in range(len(ids)):
+        if bench[i] is not None:
+            bid, d = bench[i]
+            out.append(dict(base, _decision="benchmark_near_duplicate", dup_of=bid, hamming=d))
+        elif i == rep:
+            out.append(dict(base, _decision="keep"))
+        else:
+            out.append(dict(base, _decision="near_duplicate", dup_of=ids[rep], hamming=closest[i]))
+    return out
+
+
 def resolve_clusters(nodes: Sequence[dict], pairs: Sequence[tuple[str, str, int]],
                      bench_hits: dict[str, tuple[str, int]]) -> list[dict]:
     """A decision for every node: kept representative, or dropped with reason and ``dup_of``.
 
     ``nodes``: records (after exact dedup) with id, partition, width, height, caption;
     ``pairs``: near-dup edges (id_a, id_b, hamming) among them; ``bench_hits``: id -> (benchmark id,
-    hamming) for records within k of a benchmark image. Contaminated records are dropped whatever
-    their cluster; the rest of each cluster (union-find connected component) keeps its best member.
-    Each output record gains ``_decision``, ``cluster_id`` (smallest member id), ``cluster_size``,
-    and for drops ``dup_of`` and ``hamming`` (smallest distance to a neighbour / the benchmark).
+    hamming) for records within k of a benchmark image. Clusters are union-find connected
+    components; ``decide_cluster`` decides each one. The in-memory engine (small corpora, notebooks,
+    the oracle of the distributed ``pipelines.dedup``): each output record is the node plus the
+    decision's columns.
     """
     index = {n["id"]: i for i, n in enumerate(nodes)}
     edges = np.array([(index[a], index[b]) for a, b, _ in pairs], dtype=np.int64).reshape(-1, 2)
@@ -56,19 +81,10 @@ def resolve_clusters(nodes: Sequence[dict], pairs: Sequence[tuple[str, str, int]
         best_dist[b] = min(best_dist.get(b, d), d)
     out = []
     for group in members.values():
-        clean = [i for i in group if nodes[i]["id"] not in bench_hits]
-        rep = min(clean, key=lambda i: precedence(nodes[i])) if clean else None
-        cluster_id = min(nodes[i]["id"] for i in group)
-        for i in group:
-            rec = dict(nodes[i], cluster_id=cluster_id, cluster_size=len(group))
-            if rec["id"] in bench_hits:
-                bid, d = bench_hits[rec["id"]]
-                rec.update(_decision="benchmark_near_duplicate", dup_of=bid, hamming=d)
-            elif i == rep:
-                rec.update(_decision="keep")
-            else:
-                rec.update(_decision="near_duplicate", dup_of=nodes[rep]["id"], hamming=best_dist.get(rec["id"]))
-            out.append(rec)
+        ids = [nodes[i]["id"] for i in group]
+        decisions = decide_cluster(ids, [precedence(nodes[i]) for i in group], [best_dist.get(x) for x in ids],
+                                   [bench_hits.get(x) for x in ids])
+        out += [dict(nodes[i], **dec) for i, dec in zip(group, decisions)]
     return out
 
 

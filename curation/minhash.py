@@ -494,3 +494,9 @@ def near_duplicates(
     labels = clusters(len(sig), pairs)
     rep, keep = choose_representatives(labels, caption_len=np.asarray(lengths), record_ids=record_ids)
     return labels, rep, keep
+
+
+def representative_key(doc: dict) -> tuple:
+    """Document representative rule, smallest wins: most text characters (``n_chars``), then the
+    smallest id (the rule ``near_duplicates`` applies to arrays)."""
+    return (-(doc["n_chars"] or 0), doc["id"])

@@ -14,7 +14,13 @@ Re-running with the same inputs gives the same bytes in every file: tar members 
 uid/gid 0, empty owner names and mode 0o644, the member order follows the input, parquet and json are
 written deterministically and nothing records the wall-clock time.
 
-Only the shard writer copies sample bytes (DESIGN.md section 2); one writer per version folder at a time.
+Only the shard writer copies sample bytes (DESIGN.md section 2). Two ways to write a version:
+
+- :class:`ShardWriter` / :func:`write_shards`: one sequential writer per version folder at a time;
+- the pieces a distributed stage (pipelines/shards.py) runs: :func:`prepare_version` once, then
+  :func:`write_shard` for each shard in any order and on any worker (its number decided up front,
+  e.g. with :func:`shard_starts`, the rule ShardWriter splits by), then :func:`assemble_index` and
+  :func:`finish_version` once, last. Both paths share the code that makes a shard's bytes.
 """
 
 from __future__ import annotations
@@ -408,14 +414,7 @@ class ShardWriter:
         if self._started:
             return
         self._started = True
-        fs, path = storage.filesystem(self.out_url)
-        fs.makedirs(path, exist_ok=True)
-        # The previous index would describe shards this run is about to overwrite.
-        if fs.exists(f"{path}/{INDEX_NAME}"):
-            fs.rm(f"{path}/{INDEX_NAME}")
-        for p in fs.ls(path, detail=False):
-            if p.rstrip("/").rsplit("/", 1)[-1].startswith(".tmp-"):
-                fs.rm(p)  # leftovers of a killed run (single writer per version)
+        prepare_version(self.out_url)
 
     def write(self, sample: Sample) -> str:
         """Add one sample; returns the key it got in the tar."""
@@ -424,45 +423,20 @@ class ShardWriter:
         self._start()
         key = safe_key(sample.key, self.max_key_len)
         if key in self._keys:
-            raise DuplicateKeyError(
-                f"duplicate sample key {key!r} (raw key {sample.key!r}) in {self.out_url}; "
-                "de-duplicate upstream or make the keys unique"
-            )
-        if not sample.fields:
-            raise ValueError(f"sample {sample.key!r} has no fields")
-        members: list[tuple[str, bytes | bytearray | memoryview]] = []
-        for ext in sorted(sample.fields):
-            _check_ext(ext)
-            data = _as_bytes(ext, sample.fields[ext])
-            if len(data) > _USTAR_MAX_SIZE:
-                raise ValueError(f"field {ext!r} of {sample.key!r} is larger than a ustar member allows")
-            members.append((ext, data))
-        if "key" in sample.metadata:
-            raise ValueError(f"sample {sample.key!r}: metadata must not have a 'key' column")
-        if self._schema is not None:
-            extra = set(sample.metadata) - set(self._schema.names)
-            if extra:
-                raise ValueError(
-                    f"sample {sample.key!r}: metadata columns {sorted(extra)} are not in the schema "
-                    f"{self._schema.names}; pass metadata_schema with every column"
-                )
+            raise duplicate_key_error(key, sample.key, self.out_url)
+        members = _members(sample, self._schema)
         size = sum(_member_bytes(len(d)) for _, d in members)
 
         shard = self._shard
-        if shard is not None and shard.rows and (
-            len(shard.rows) + 1 > self.samples_per_shard
-            or _tar_bytes(shard.sink.offset + size) > self.max_shard_bytes
+        if shard is not None and starts_new_shard(
+            len(shard.rows), shard.sink.offset, size, self.samples_per_shard, self.max_shard_bytes
         ):
             self._close_shard()
             shard = None
         if shard is None:
             shard = self._open_shard()
 
-        for ext, data in members:
-            shard.tar.addfile(_tarinfo(f"{key}.{ext}", len(data), self.mtime), io.BytesIO(data))
-            shard.field_counts[ext] = shard.field_counts.get(ext, 0) + 1
-            shard.payload_bytes += len(data)
-        shard.rows.append({"key": key, **sample.metadata})
+        _add_sample(shard, key, members, sample.metadata, self.mtime)
         self._keys.add(key)
         if len(shard.rows) >= self.samples_per_shard:
             self._close_shard()  # full: commit now rather than at the next sample (a crash keeps it)
@@ -493,30 +467,20 @@ class ShardWriter:
         except BaseException as exc:
             self.abort(exc)
             raise
-        self._remove_stale()
-        failures: dict[str, int] = dict(self._pending_failures)
-        for s in self._shards:
-            for reason, n in s.failures.items():
-                failures[reason] = failures.get(reason, 0) + n
-        schema = self._schema or pa.schema([pa.field("key", pa.string(), nullable=False)])
-        self.index = ShardIndex(
-            url=self.out_url,
-            dataset=self.dataset_name,
-            version=self.out_url.rsplit("/", 1)[-1],
-            shards=tuple(self._shards),
-            fields=tuple(sorted(self._fields)),
-            schema=tuple(_schema_json(schema)),
+        self.index = assemble_index(
+            self.out_url,
+            dataset_name=self.dataset_name,
+            shards=self._shards,
+            fields=self._fields,
+            schema=self._schema,
             lineage=self.lineage,
-            settings={
-                "samples_per_shard": self.samples_per_shard,
-                "max_shard_bytes": self.max_shard_bytes,
-                "tar_format": "ustar",
-                "tar_mtime": self.mtime,
-                "max_key_len": self.max_key_len,
-            },
-            failures=failures,
+            samples_per_shard=self.samples_per_shard,
+            max_shard_bytes=self.max_shard_bytes,
+            mtime=self.mtime,
+            max_key_len=self.max_key_len,
+            extra_failures=self._pending_failures,
         )
-        storage.write_json(storage.join(self.out_url, INDEX_NAME), self.index.to_json())
+        finish_version(self.index)
         self._closed = True
         return self.index
 
@@ -530,7 +494,7 @@ class ShardWriter:
     # -- shards ------------------------------------------------------------------------------------
 
     def _open_shard(self) -> _OpenShard:
-        name = f"{len(self._shards):05d}"
+        name = shard_name(len(self._shards))
         self._shard = _OpenShard(storage.join(self.out_url, f"{name}.tar"), name)
         self._shard.failures, self._pending_failures = self._pending_failures, {}
         return self._shard
@@ -538,60 +502,275 @@ class ShardWriter:
     def _close_shard(self) -> None:
         shard = self._shard
         assert shard is not None
-        table = self._table(shard.rows)  # may raise: before the tar is renamed into place
-        expected = _tar_bytes(shard.sink.offset)
-        digest = shard.commit()
+        if self._schema is None:
+            self._schema = _infer_schema(shard.rows)
         self._shard = None
-        if shard.sink.offset != expected:  # our size accounting drives max_shard_bytes
-            raise AssertionError(f"tar size {shard.sink.offset} != predicted {expected}")
-        storage.write_table(storage.join(self.out_url, f"{shard.name}.parquet"), table)
-        info = ShardInfo(
-            name=shard.name,
-            samples=len(shard.rows),
-            bytes=shard.sink.offset,
-            sha256=digest,
-            payload_bytes=shard.payload_bytes,
-            first_key=shard.rows[0]["key"],
-            last_key=shard.rows[-1]["key"],
-            failures=dict(sorted(shard.failures.items())),
-        )
-        n_failed = sum(shard.failures.values())
-        stats = {
-            "shard": shard.name,
-            "count": info.samples + n_failed,
-            "successes": info.samples,
-            "failed": n_failed,
-            "failures": info.failures,
-            "bytes": info.bytes,
-            "payload_bytes": info.payload_bytes,
-            "sha256": info.sha256,
-            "fields": dict(sorted(shard.field_counts.items())),
-            "first_key": info.first_key,
-            "last_key": info.last_key,
-        }
-        storage.write_json(storage.join(self.out_url, f"{shard.name}_stats.json"), stats)
+        info = _commit_shard(shard, self._schema, self.out_url)
         for ext, n in shard.field_counts.items():
             self._fields[ext] = self._fields.get(ext, 0) + n
         self._shards.append(info)
 
-    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        if self._schema is None:
-            self._schema = _infer_schema(rows)
-        columns = {name: [r.get(name) for r in rows] for name in self._schema.names}
-        try:
-            return pa.table(columns, schema=self._schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ValueError(
-                f"shard metadata does not fit the schema {self._schema}: {exc}; "
-                "pass metadata_schema to fix the column types"
-            ) from exc
 
-    def _remove_stale(self) -> None:
-        fs, path = storage.filesystem(self.out_url)
-        for p in fs.ls(path, detail=False):
-            m = _SHARD_FILE_RE.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])
-            if m and int(m.group(1)) >= len(self._shards):
-                fs.rm(p)
+def _members(sample: Sample, schema: pa.Schema | None) -> list[tuple[str, bytes | bytearray | memoryview]]:
+    """The tar members of ``sample`` as (extension, bytes), sorted by extension, after the checks every
+    writer applies (fields present, safe extensions, ustar size, metadata columns in the schema)."""
+    if not sample.fields:
+        raise ValueError(f"sample {sample.key!r} has no fields")
+    members: list[tuple[str, bytes | bytearray | memoryview]] = []
+    for ext in sorted(sample.fields):
+        _check_ext(ext)
+        data = _as_bytes(ext, sample.fields[ext])
+        if len(data) > _USTAR_MAX_SIZE:
+            raise ValueError(f"field {ext!r} of {sample.key!r} is larger than a ustar member allows")
+        members.append((ext, data))
+    if "key" in sample.metadata:
+        raise ValueError(f"sample {sample.key!r}: metadata must not have a 'key' column")
+    if schema is not None:
+        extra = set(sample.metadata) - set(schema.names)
+        if extra:
+            raise ValueError(
+                f"sample {sample.key!r}: metadata columns {sorted(extra)} are not in the schema "
+                f"{schema.names}; pass metadata_schema with every column"
+            )
+    return members
+
+
+def sample_bytes(sample: Sample) -> int:
+    """Bytes ``sample`` adds to a tar (headers and padding included): what max_shard_bytes counts."""
+    return sum(_member_bytes(len(_as_bytes(ext, data))) for ext, data in sample.fields.items())
+
+
+def member_bytes(size: int) -> int:
+    """Bytes one tar member of ``size`` payload bytes takes (a 512-byte header, data padded to 512)."""
+    return _member_bytes(size)
+
+
+def starts_new_shard(rows: int, offset: int, size: int, samples_per_shard: int, max_shard_bytes: int) -> bool:
+    """Whether a sample of ``size`` tar bytes must open a new shard, given the open one has ``rows``
+    samples and ``offset`` tar bytes: full, or the tar would pass ``max_shard_bytes`` (an empty shard
+    always takes the sample, so one larger than the limit gets a shard of its own)."""
+    return rows > 0 and (rows + 1 > samples_per_shard or _tar_bytes(offset + size) > max_shard_bytes)
+
+
+def shard_starts(sizes: Iterable[int], samples_per_shard: int, max_shard_bytes: int) -> list[int]:
+    """Positions where :class:`ShardWriter` opens a new shard when samples of ``sizes`` tar bytes come
+    in this order (always starts with 0 when there is a sample)."""
+    starts: list[int] = []
+    rows = offset = 0
+    for i, size in enumerate(sizes):
+        if i == 0 or starts_new_shard(rows, offset, size, samples_per_shard, max_shard_bytes):
+            starts.append(i)
+            rows = offset = 0
+        rows += 1
+        offset += size
+    return starts
+
+
+def duplicate_key_error(key: str, raw: str, out_url: str, other: str | None = None) -> DuplicateKeyError:
+    """The error for a second sample with (safe) key ``key``; ``other`` is the first one's raw key."""
+    seen = f" and {other!r}" if other is not None and other != raw else ""
+    return DuplicateKeyError(
+        f"duplicate sample key {key!r} (raw key {raw!r}{seen}) in {out_url}; "
+        "de-duplicate upstream or make the keys unique"
+    )
+
+
+def _add_sample(shard: _OpenShard, key: str, members: Sequence[tuple[str, Any]], metadata: Mapping[str, Any],
+                mtime: int) -> None:
+    for ext, data in members:
+        shard.tar.addfile(_tarinfo(f"{key}.{ext}", len(data), mtime), io.BytesIO(data))
+        shard.field_counts[ext] = shard.field_counts.get(ext, 0) + 1
+        shard.payload_bytes += len(data)
+    shard.rows.append({"key": key, **metadata})
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    try:
+        return pa.table(columns, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(
+            f"shard metadata does not fit the schema {schema}: {exc}; pass metadata_schema to fix the column types"
+        ) from exc
+
+
+def _commit_shard(shard: _OpenShard, schema: pa.Schema, out_url: str) -> ShardInfo:
+    """Rename the tar into place, then write its parquet and stats json; the shard's ShardInfo."""
+    try:
+        table = _table(shard.rows, schema)  # may raise: before the tar is renamed into place
+    except BaseException as exc:
+        shard.abort(exc)
+        raise
+    expected = _tar_bytes(shard.sink.offset)
+    digest = shard.commit()
+    if shard.sink.offset != expected:  # our size accounting drives max_shard_bytes
+        raise AssertionError(f"tar size {shard.sink.offset} != predicted {expected}")
+    storage.write_table(storage.join(out_url, f"{shard.name}.parquet"), table)
+    info = ShardInfo(
+        name=shard.name,
+        samples=len(shard.rows),
+        bytes=shard.sink.offset,
+        sha256=digest,
+        payload_bytes=shard.payload_bytes,
+        first_key=shard.rows[0]["key"] if shard.rows else "",
+        last_key=shard.rows[-1]["key"] if shard.rows else "",
+        failures=dict(sorted(shard.failures.items())),
+    )
+    n_failed = sum(shard.failures.values())
+    stats = {
+        "shard": shard.name,
+        "count": info.samples + n_failed,
+        "successes": info.samples,
+        "failed": n_failed,
+        "failures": info.failures,
+        "bytes": info.bytes,
+        "payload_bytes": info.payload_bytes,
+        "sha256": info.sha256,
+        "fields": dict(sorted(shard.field_counts.items())),
+        "first_key": info.first_key,
+        "last_key": info.last_key,
+    }
+    storage.write_json(storage.join(out_url, f"{shard.name}_stats.json"), stats)
+    return info
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """What one shard writer reports: the shard's index entry and how many members each field had."""
+
+    number: int
+    info: ShardInfo
+    fields: Mapping[str, int]
+
+
+def shard_name(number: int) -> str:
+    """img2dataset's shard name: the number zero-padded to 5 digits (more digits past 99999)."""
+    if number < 0:
+        raise ValueError("shard number must be >= 0")
+    return f"{number:05d}"
+
+
+def write_shard(
+    items: Iterable[Sample | Failure],
+    out_url: str,
+    number: int,
+    *,
+    metadata_schema: pa.Schema,
+    mtime: int = 0,
+    max_key_len: int = DEFAULT_MAX_KEY_LEN,
+) -> WrittenShard:
+    """Write one whole shard ``NNNNN.tar`` + ``.parquet`` + ``_stats.json`` of ``items``, in the order
+    given, into the version folder ``out_url`` (which :func:`prepare_version` has prepared).
+
+    The bytes come from the same code as :class:`ShardWriter`'s: the same samples in the same order give
+    the same files. Failures are counted in this shard's stats. A shard whose items all failed is still
+    written (an empty tar), so the numbering a caller assigned up front keeps no gaps. Keys go through
+    :func:`safe_key`; a key twice in the shard raises :class:`DuplicateKeyError`. Several writers may run
+    at once on one folder, each with its own ``number``; the tar is renamed into place only when complete.
+    """
+    schema = shard_schema(metadata_schema)
+    name = shard_name(number)
+    shard = _OpenShard(storage.join(out_url, f"{name}.tar"), name)
+    raw_keys: dict[str, str] = {}
+    try:
+        for item in items:
+            if isinstance(item, Failure):
+                shard.failures[item.reason] = shard.failures.get(item.reason, 0) + 1
+                continue
+            key = safe_key(item.key, max_key_len)
+            if key in raw_keys:
+                raise duplicate_key_error(key, item.key, out_url, raw_keys[key])
+            raw_keys[key] = item.key
+            _add_sample(shard, key, _members(item, schema), item.metadata, mtime)
+    except BaseException as exc:
+        shard.abort(exc)
+        raise
+    info = _commit_shard(shard, schema, out_url)
+    return WrittenShard(number=number, info=info, fields=dict(sorted(shard.field_counts.items())))
+
+
+def shard_schema(metadata_schema: pa.Schema | None) -> pa.Schema:
+    """The parquet schema of a shard: ``key`` first, then ``metadata_schema``'s columns (required)."""
+    if metadata_schema is None:
+        raise ValueError("metadata_schema is required when shards are written independently")
+    if "key" in metadata_schema.names:
+        if metadata_schema.field("key").type != pa.string():
+            raise ValueError("metadata_schema column 'key' must be a string")
+        metadata_schema = metadata_schema.remove(metadata_schema.get_field_index("key"))
+    return pa.schema([pa.field("key", pa.string(), nullable=False), *metadata_schema])
+
+
+def prepare_version(out_url: str, latest: str | None = None) -> None:
+    """Make ``out_url`` ready for a new write: create it, remove its index.json (it would describe
+    shards about to be overwritten) and temporary files a killed run left. With ``latest`` (a
+    LATEST.json URL) that points at ``out_url``, remove that pointer too, so a crash before the new
+    index never leaves LATEST naming a half-written version. Run once, before any shard writer starts."""
+    fs, path = storage.filesystem(out_url)
+    fs.makedirs(path, exist_ok=True)
+    if latest is not None and storage.exists(latest):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            if storage.read_json(latest).get("url", "").rstrip("/") == out_url.rstrip("/"):
+                fs.rm(storage.filesystem(latest)[1])
+    if fs.exists(f"{path}/{INDEX_NAME}"):
+        fs.rm(f"{path}/{INDEX_NAME}")
+    for p in fs.ls(path, detail=False):
+        if p.rstrip("/").rsplit("/", 1)[-1].startswith(".tmp-"):
+            fs.rm(p)  # leftovers of a killed run
+
+
+def assemble_index(
+    out_url: str,
+    *,
+    dataset_name: str,
+    shards: Sequence[ShardInfo],
+    fields: Iterable[str],
+    schema: pa.Schema | None,
+    lineage: Mapping[str, Any] | None,
+    samples_per_shard: int,
+    max_shard_bytes: int,
+    mtime: int = 0,
+    max_key_len: int = DEFAULT_MAX_KEY_LEN,
+    extra_failures: Mapping[str, int] | None = None,
+) -> ShardIndex:
+    """The ShardIndex of a version folder from its shards' infos, in shard order (``schema`` with its
+    ``key`` column; None: key only). ``extra_failures`` are failures no shard holds."""
+    names = [s.name for s in shards]
+    if names != [shard_name(i) for i in range(len(shards))]:
+        raise ValueError(f"shards must be numbered 00000, 00001, ... without gaps, got {names[:5]}...")
+    failures: dict[str, int] = dict(extra_failures or {})
+    for s in shards:
+        for reason, n in s.failures.items():
+            failures[reason] = failures.get(reason, 0) + n
+    schema = schema or pa.schema([pa.field("key", pa.string(), nullable=False)])
+    out_url = out_url.rstrip("/")
+    return ShardIndex(
+        url=out_url,
+        dataset=dataset_name,
+        version=out_url.rsplit("/", 1)[-1],
+        shards=tuple(shards),
+        fields=tuple(sorted(fields)),
+        schema=tuple(_schema_json(schema)),
+        lineage=dict(lineage or {}),
+        settings={
+            "samples_per_shard": samples_per_shard,
+            "max_shard_bytes": max_shard_bytes,
+            "tar_format": "ustar",
+            "tar_mtime": int(mtime),
+            "max_key_len": max_key_len,
+        },
+        failures=failures,
+    )
+
+
+def finish_version(index: ShardIndex) -> None:
+    """Remove shard files numbered past the index (an earlier, longer run), then write index.json:
+    the last file of a version, so a reader that finds it finds complete shards."""
+    fs, path = storage.filesystem(index.url)
+    for p in fs.ls(path, detail=False):
+        m = _SHARD_FILE_RE.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])
+        if m and int(m.group(1)) >= len(index.shards):
+            fs.rm(p)
+    storage.write_json(storage.join(index.url, INDEX_NAME), index.to_json())
 
 
 def _infer_schema(rows: list[dict[str, Any]]) -> pa.Schema:

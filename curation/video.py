@@ -223,6 +223,9 @@ def _rotation(stream: dict) -> int:
 
 def _tail(stderr: bytes | str, lines: int = 3) -> str:
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    # ffmpeg prefixes messages with its context's address ("[mov,mp4,... @ 0x55b0...]"), which
+    # differs in every process: drop it, so a re-run (or another worker) writes the same error.
+    text = re.sub(r" @ 0x[0-9a-fA-F]+\]", "]", text)
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])[:500]
 
@@ -788,3 +791,38 @@ def video_near_duplicates(
     sel = counts >= need
     pairs = np.stack([uniq[sel] // n, uniq[sel] % n], axis=1).astype(np.int64) if n else np.empty((0, 2), np.int64)
     return VideoDupResult(pairs.reshape(-1, 2), counts[sel].astype(np.int64), clusters(n, pairs))
+
+
+def representative_key(row: dict) -> tuple:
+    """Same-footage representative rule, smallest wins: largest pixel area, then highest bit rate
+    (the least compressed encode), then smallest id, partition and source (deterministic)."""
+    return (-(row["width"] or 0) * (row["height"] or 0), -(row["bit_rate"] or 0), row["id"], row["partition"], row["source"])
+
+
+def footage_cluster(rows: Sequence[dict], k: int = DEFAULT_THRESHOLD) -> list[dict]:
+    """One same-footage cluster (rows with ``hashes``): each row plus ``cluster`` (the representative's
+    id), ``cluster_size``, ``representative``, ``dup_of`` and ``matches`` (aligned frames within k of
+    the representative's)."""
+    rep = min(rows, key=representative_key)
+    rep_h = np.asarray(rep["hashes"], dtype=np.uint64)
+    out = []
+    for r in rows:
+        same = int(np.sum(np.bitwise_count(np.asarray(r["hashes"], dtype=np.uint64) ^ rep_h) <= k))
+        out.append(dict(r, cluster=rep["id"], cluster_size=len(rows), representative=r is rep,
+                        dup_of=None if r is rep else rep["id"], matches=same))
+    return out
+
+
+def cluster_videos(rows: Sequence[dict], k: int = DEFAULT_THRESHOLD, min_matches: int | None = None) -> list[dict]:
+    """In-memory same-footage clustering of hashed rows (``video_near_duplicates`` over all of
+    them, then ``footage_cluster`` per cluster), sorted by (partition, id, source): the small-corpus
+    path and the oracle of the distributed one in ``pipelines.video``."""
+    rows = sorted(rows, key=lambda r: (r["partition"], r["id"], r["source"]))
+    if not rows:
+        return []
+    res = video_near_duplicates(np.asarray([r["hashes"] for r in rows], dtype=np.uint64), k=k, min_matches=min_matches)
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(res.labels.tolist()):
+        groups.setdefault(label, []).append(i)
+    out = [r for members in groups.values() for r in footage_cluster([rows[i] for i in members], k)]
+    return sorted(out, key=lambda r: (r["partition"], r["id"], r["source"]))

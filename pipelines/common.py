@@ -7,10 +7,15 @@ import hashlib
 import json
 import logging
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from curation import storage
@@ -40,11 +45,22 @@ def pipeline_options(argv: Sequence[str] | None, **overrides) -> PipelineOptions
     return opts
 
 
+_USED_TEST_PIPELINES: "weakref.WeakSet[beam.Pipeline]" = weakref.WeakSet()
+
+
 def run_pipeline(argv: Sequence[str] | None, build, test_pipeline=None):  # noqa: ANN001
-    """Build a pipeline with ``build(p)`` and run it to completion (on ``test_pipeline`` in tests)."""
+    """Build a pipeline with ``build(p)`` and run it to completion (on ``test_pipeline`` in tests).
+
+    A test pipeline already run by an earlier stage (a CLI run of several stages gets one) is not
+    extended: the next stage runs on a fresh pipeline with the same runner and options."""
     if test_pipeline is not None:
+        if test_pipeline in _USED_TEST_PIPELINES:
+            test_pipeline = beam.Pipeline(runner=test_pipeline.runner, options=test_pipeline.options)
+        _USED_TEST_PIPELINES.add(test_pipeline)
         build(test_pipeline)
-        return test_pipeline.run()
+        result = test_pipeline.run()
+        result.wait_until_finish()
+        return result
     p = beam.Pipeline(options=pipeline_options(argv))
     build(p)
     result = p.run()
@@ -121,6 +137,42 @@ def dead_letter_to_quarantine(stage: str):
     return convert
 
 
+def read_manifests(p: beam.Pipeline, urls: Sequence[str], label: str = "ReadManifests",
+                   columns: Sequence[str] | None = None) -> beam.PCollection:
+    """Rows of several parquet manifests as one PCollection (one read transform, however many drops)."""
+    return (p | f"{label}Urls" >> beam.Create(list(urls))
+            | label >> beam.io.ReadAllFromParquet(columns=list(columns) if columns else None))
+
+
+def _kept(kv: tuple[Any, dict]) -> Iterable[dict]:
+    _key, g = kv
+    if g["keep"]:
+        yield from g["records"]
+
+
+class KeepIds(beam.PTransform):
+    """``{"records": dicts, "keep": ids} | KeepIds()``: the records whose ``id`` is among the ids (a
+    CoGroupByKey semi-join: neither side becomes a side input), spread over workers again."""
+
+    def expand(self, inputs):
+        records = inputs["records"] | "KeyRecords" >> beam.Map(lambda r: (r["id"], r))
+        keep = inputs["keep"] | "KeyIds" >> beam.Map(lambda i: (i, True))
+        return ({"records": records, "keep": keep} | "Join" >> beam.CoGroupByKey() | "Kept" >> beam.FlatMap(_kept)
+                | "Spread" >> beam.Reshuffle())
+
+
+class Split(beam.PTransform):
+    """A DoFn that yields kept records and ``reject(...)`` rows, as a ``(kept, quarantined)`` transform
+    (exceptions become dead letters in quarantine too)."""
+
+    def __init__(self, label: str, dofn: beam.DoFn, *args: Any) -> None:
+        super().__init__()
+        self.label, self.dofn, self.args = label, dofn, args
+
+    def expand(self, pcoll):
+        return split_dofn(pcoll, self.label, self.dofn, *self.args)
+
+
 def split_dofn(pcoll, label: str, dofn: beam.DoFn, *args):  # noqa: ANN001
     """Apply a DoFn that yields kept records and ``TaggedOutput('quarantine', row)``; exceptions become
     dead letters in quarantine too. Returns (kept, quarantine)."""
@@ -135,6 +187,194 @@ def quarantined(record: dict, stage: str, reason: str, error: str | None = None)
     out = dict(record)
     out.update(stage=stage, reason=reason, error=error)
     return out
+
+
+QUARANTINE = "quarantine"  # the tagged output every stage's rejections go to
+
+
+def reject(record: dict, track: str, stage: str, reason: str, error: str | None = None) -> beam.pvalue.TaggedOutput:
+    """A rejected record as the stage's quarantine output, counted as ``<stage>_drop_<reason>``.
+
+    The one way a stage drops a record: the counter names are the same in every track, so the asset
+    metadata, the CLI summary and the tests read drops the same way."""
+    Metrics.counter(track, f"{stage}_drop_{reason}").inc()
+    return beam.pvalue.TaggedOutput(QUARANTINE, quarantined(record, stage, reason, error))
+
+
+def accept(record: dict, track: str, stage: str) -> dict:
+    """A kept record, counted as ``<stage>_kept``."""
+    Metrics.counter(track, f"{stage}_kept").inc()
+    return record
+
+
+def counters(result, namespace: str | None = None) -> dict[str, int]:  # noqa: ANN001 - a Beam PipelineResult
+    """Committed counters of a finished pipeline by name (summed over steps); {} where the runner
+    reports none."""
+    flt = MetricsFilter() if namespace is None else MetricsFilter().with_namespace(namespace)
+    try:
+        found = result.metrics().query(flt)["counters"]
+    except (AttributeError, NotImplementedError, KeyError):
+        return {}
+    out: dict[str, int] = {}
+    for c in found:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(out.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages: declared once, run over any number of drops in one Beam job
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage run wrote: per-drop manifest and quarantine URLs, Beam counters, and the plan
+    it used (thresholds, search plans...): the assets show this instead of re-deriving it."""
+
+    track: str
+    stage: str
+    asset: str
+    partitions: tuple[str, ...]
+    manifests: Mapping[str, str]
+    quarantines: Mapping[str, str]
+    counters: Mapping[str, int] = field(default_factory=dict)
+    plan: Mapping[str, Any] = field(default_factory=dict)
+
+    def drops_by_reason(self) -> dict[str, int]:
+        """``reason -> count`` from the ``<stage>_drop_<reason>`` counters."""
+        prefix = f"{self.stage}_drop_"
+        return {k[len(prefix):]: v for k, v in self.counters.items() if k.startswith(prefix)}
+
+
+class ByPartition(beam.PTransform):
+    """Split records into one PCollection per drop (one pass, ``beam.Partition`` on ``partition``)."""
+
+    def __init__(self, partitions: Sequence[str]) -> None:
+        super().__init__()
+        self.partitions = list(partitions)
+
+    def expand(self, pcoll):
+        index = {p: i for i, p in enumerate(self.partitions)}
+        n = len(self.partitions)
+
+        def which(rec: dict, _n: int) -> int:
+            try:
+                return index[rec["partition"]]
+            except KeyError:
+                raise ValueError(f"record {rec.get('id')!r} belongs to drop {rec.get('partition')!r}, "
+                                 f"not to one of {sorted(index)}") from None
+
+        return pcoll | beam.Partition(which, n)
+
+
+class WritePerDrop(beam.PTransform):
+    """Records to ``manifests/<asset>/<drop>.parquet`` (or ``quarantine/...`` with ``quarantine=True``),
+    one file per drop, in one pass; a drop without records gets an empty file (the stage ran for it)."""
+
+    def __init__(self, root: str, asset: str, partitions: Sequence[str], schema: pa.Schema, quarantine: bool = False) -> None:
+        super().__init__()
+        self.root, self.asset, self.partitions, self.schema, self.quarantine = root, asset, list(partitions), schema, quarantine
+
+    def expand(self, pcoll):
+        url = quarantine_url if self.quarantine else manifest_url
+        split = pcoll | "ByDrop" >> ByPartition(self.partitions)
+        for i, part in enumerate(self.partitions):
+            split[i] | f"Write[{i}]" >> WriteManifest(url(self.root, self.asset, part), self.schema)
+        return beam.pvalue.PDone(pcoll.pipeline)
+
+
+def write_per_partition(ok, bad, root: str, asset: str, partitions: Sequence[str], schema: pa.Schema,  # noqa: ANN001
+                        quarantine_fields: Sequence[tuple[str, pa.DataType]] = (), qschema: pa.Schema | None = None) -> None:
+    """Kept records to ``manifests/<asset>/<drop>.parquet`` and rejected ones to
+    ``quarantine/<asset>/<drop>.parquet``, one file each per drop."""
+    qschema = qschema or quarantine_schema(extend_schema(schema, quarantine_fields))
+    ok | f"WriteManifests[{asset}]" >> WritePerDrop(root, asset, partitions, schema)
+    bad | f"WriteQuarantine[{asset}]" >> WritePerDrop(root, asset, partitions, qschema, quarantine=True)
+
+
+def as_partitions(partitions: str | Sequence[str]) -> tuple[str, ...]:
+    """One drop name or several -> a tuple of drops, each once, in the given order."""
+    parts = (partitions,) if isinstance(partitions, str) else tuple(partitions)
+    if not parts:
+        raise ValueError("no drops given")
+    dupes = sorted({p for p in parts if parts.count(p) > 1})
+    if dupes:
+        raise ValueError(f"drops given twice: {dupes}")
+    return parts
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One per-drop stage of a track, declared once.
+
+    ``upstream``: the asset whose per-drop manifests it reads (``source`` overrides how records are
+    read, e.g. from landing/); ``fields``: the columns it adds; ``transform(root, settings)``: a
+    PTransform from records to ``(kept, quarantined)``. Records carry their drop in ``partition``.
+    ``run`` applies the transform ONCE over all given drops in one Beam job (one model load per
+    worker, whatever the number of drops) and writes one manifest and quarantine per drop. A transform
+    may return a third item, ``{asset: (records, schema)}``: side manifests written per drop as well
+    (e.g. the images a document parser extracts).
+    """
+
+    track: str
+    name: str
+    asset: str
+    upstream: str | None
+    fields: tuple[tuple[str, pa.DataType], ...]
+    transform: Callable[[str, Any], beam.PTransform]
+    source: Callable[..., Any] | None = None  # (pipeline, root, partitions, settings) -> records
+    schema: Callable[[str, Sequence[str]], pa.Schema] | None = None  # (root, partitions) -> output schema
+    quarantine_fields: tuple[tuple[str, pa.DataType], ...] = ()
+    fixed_quarantine_schema: pa.Schema | None = None  # instead of the output schema + quarantine fields
+    plan: Callable[[str, Sequence[str], Any], Mapping[str, Any]] | None = None  # read after the run -> StageResult.plan
+
+    def upstream_urls(self, root: str, partitions: Sequence[str]) -> dict[str, str]:
+        assert self.upstream is not None
+        urls = {p: manifest_url(root, self.upstream, p) for p in partitions}
+        missing = [u for u in urls.values() if not storage.exists(u)]
+        if missing:
+            raise FileNotFoundError(f"{self.name}: upstream manifests missing: {missing} "
+                                    f"(materialize {self.upstream} for those drops first)")
+        return urls
+
+    def output_schema(self, root: str, partitions: Sequence[str]) -> pa.Schema:
+        if self.schema is not None:
+            return self.schema(root, partitions)
+        first = next(iter(self.upstream_urls(root, partitions).values()))
+        return extend_schema(read_schema(first), self.fields)
+
+    def build(self, p, root: str, partitions: Sequence[str], settings: Any) -> None:  # noqa: ANN001
+        """Add this stage's steps to pipeline ``p`` (used by ``run``; also to compose stages)."""
+        schema = self.output_schema(root, partitions)
+        if self.source is not None:
+            records = self.source(p, root, partitions, settings)
+        else:
+            records = read_manifests(p, list(self.upstream_urls(root, partitions).values()), "Read")
+        ok, bad, *rest = records | self.name.capitalize() >> self.transform(root, settings)
+        write_per_partition(ok, bad, root, self.asset, partitions, schema, self.quarantine_fields, self.fixed_quarantine_schema)
+        for asset, (pcoll, side_schema) in sorted((rest[0] if rest else {}).items()):
+            pcoll | f"WriteManifests[{asset}]" >> WritePerDrop(root, asset, partitions, side_schema)
+
+    def runner(self, doc: str) -> Callable[..., StageResult]:
+        """The track's public ``run_<stage>(root, drops, settings, argv=(), test_pipeline=None)``."""
+
+        def run_stage(root: str, partitions: str | Sequence[str], settings: Any, argv: Sequence[str] = (),
+                      test_pipeline=None) -> StageResult:  # noqa: ANN001
+            return self.run(root, partitions, settings, argv, test_pipeline)
+
+        run_stage.__name__ = run_stage.__qualname__ = f"run_{self.name}"
+        run_stage.__doc__ = doc
+        return run_stage
+
+    def run(self, root: str, partitions: str | Sequence[str], settings: Any, argv: Sequence[str] = (),
+            test_pipeline=None) -> StageResult:  # noqa: ANN001
+        parts = as_partitions(partitions)
+        result = run_pipeline(argv, lambda p: self.build(p, root, parts, settings), test_pipeline)
+        plan = dict(self.plan(root, parts, settings)) if self.plan is not None else {}
+        return StageResult(self.track, self.name, self.asset, parts,
+                           {q: manifest_url(root, self.asset, q) for q in parts},
+                           {q: quarantine_url(root, self.asset, q) for q in parts},
+                           counters(result, self.track), plan)
 
 
 def format_exception(e: BaseException) -> str:

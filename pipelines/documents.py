@@ -45,10 +45,12 @@ has thousands of words and often no picture, and OBELICS's bounds were set for w
 
 **MinHash.** Signatures are computed a batch at a time (``BatchElements``: the tokeniser and hashes
 are vectorised), band keys are grouped with one ``GroupByKey`` over (band, key), every bucket gives
-its pairs (verified with ``jaccard_estimate >= minhash_threshold`` when set), and connected
-components come from a union-find ``CombineGlobally``. Representative: the document with the most
-text characters, then the smallest id. Non-representatives go to quarantine with reason
-``near_duplicate`` and ``dup_of``.
+its pairs (verified with ``jaccard_estimate >= minhash_threshold`` when set), documents with an
+identical signature are a star to the smallest id before the band search, and components and one
+representative per component come from the distributed dedup (``pipelines.dedup``; the in-memory
+engine is ``curation.minhash.near_duplicates``). Representative (``minhash.representative_key``):
+the document with the most text characters, then the smallest id. Non-representatives go to
+quarantine with reason ``near_duplicate`` and ``dup_of``.
 """
 
 from __future__ import annotations
@@ -76,8 +78,14 @@ from curation import (
     storage,
 )
 from curation.records import content_id
+from pipelines import dedup
 from pipelines.common import (
+    KeepIds,
+    Split,
+    Stage,
+    StageResult,
     WriteManifest,
+    accept,
     cli_plan,
     content_version,
     dead_letter_to_quarantine,
@@ -87,6 +95,8 @@ from pipelines.common import (
     quarantine_schema,
     quarantine_url,
     quarantined,
+    read_manifests,
+    reject,
     run_pipeline,
     split_dofn,
     track_cli,
@@ -201,7 +211,7 @@ def file_kind(name: str) -> str | None:
 
 
 def drop_inputs(root: str, partition: str) -> list[dict]:
-    """Input files of a drop: ``{file (URL), source (drop-relative path), kind}``, sorted."""
+    """Input files of a drop: ``{file (URL), source (drop-relative path), kind, partition}``, sorted."""
     drop = storage.join(root, "landing", TRACK, partition)
     fs, path = storage.filesystem(drop)
     if not fs.exists(path):
@@ -215,7 +225,7 @@ def drop_inputs(root: str, partition: str) -> list[dict]:
         if kind is None:
             continue
         url = protocol + p if protocol and not p.startswith(protocol) else p
-        out.append({"file": url, "source": f"{partition}/{rel}", "kind": kind})
+        out.append({"file": url, "source": f"{partition}/{rel}", "kind": kind, "partition": partition})
     return out
 
 
@@ -291,14 +301,13 @@ def _counts(elements: Sequence[dict]) -> dict:
 class ParseFile(beam.DoFn):
     """One input file -> documents (a WARC gives one per record), image rows, or quarantine rows."""
 
-    def __init__(self, partition: str, settings: DocumentSettings) -> None:
-        self.partition, self.settings = partition, settings
+    def __init__(self, settings: DocumentSettings) -> None:
+        self.settings = settings
 
     def _bad(self, rec: dict, reason: str, error: str | None = None, **extra) -> beam.pvalue.TaggedOutput:
-        Metrics.counter(TRACK, f"parse_drop_{reason}").inc()
-        row = dict(rec, partition=self.partition, **extra)
+        row = dict(rec, **extra)
         row.setdefault("id", content_id(row["source"].encode(), "quarantine"))
-        return beam.pvalue.TaggedOutput("quarantine", quarantined(row, "parsed", reason, error))
+        return reject(row, TRACK, "parsed", reason, error)
 
     def process(self, rec: dict) -> Iterator:
         kind = rec["kind"]
@@ -325,7 +334,7 @@ class ParseFile(beam.DoFn):
         elements = normalise_elements(d, "pdf")
         for sha, blob in sorted(d["images"].items()):
             el = next(e for e in elements if e["image_sha256"] == sha)
-            yield beam.pvalue.TaggedOutput("images", {"sha256": sha, "doc_id": doc_id, "ext": el["image_ext"],
+            yield beam.pvalue.TaggedOutput("images", {"sha256": sha, "doc_id": doc_id, "partition": rec["partition"], "ext": el["image_ext"],
                                                       "width": el["image_width"], "height": el["image_height"], "bytes": blob})
         Metrics.counter(TRACK, "pages_parsed").inc(len(d["pages"]))
         yield self._row(rec, doc_id, elements, n_pages=d["n_pages"], pages=d["pages"], stats=stats, warning=res.error,
@@ -366,7 +375,7 @@ class ParseFile(beam.DoFn):
              title: str | None = None, lang: str | None = None, warc_record_id: str | None = None) -> dict:
         Metrics.counter(TRACK, f"documents_{rec['kind']}").inc()
         document = {"title": title, "lang": lang, "url": url, "pages": pages or [], "elements": elements}
-        return {"id": doc_id, "partition": self.partition, "source": rec["source"], "file": rec["file"], "kind": rec["kind"],
+        return {"id": doc_id, "partition": rec["partition"], "source": rec["source"], "file": rec["file"], "kind": rec["kind"],
                 "url": url, "warc_record_id": warc_record_id, "title": title, "lang": lang, "n_pages": n_pages,
                 **_counts(elements), "n_ocr_pages": n_ocr_pages, "parse_stats": stats, "parse_warning": warning,
                 "document": json.dumps(document, ensure_ascii=False, sort_keys=True)}
@@ -378,30 +387,40 @@ def _first_by_id(kv: tuple[str, Iterable[dict]]) -> Iterator:
     recs = sorted(recs, key=lambda r: r["source"])
     yield recs[0]
     for r in recs[1:]:
-        yield beam.pvalue.TaggedOutput("quarantine", quarantined(r, "parsed", "duplicate_id", f"same id as {recs[0]['source']}"))
+        yield reject(r, TRACK, "parsed", "duplicate_id", f"same id as {recs[0]['source']}")
 
 
-def run_parsed(root: str, partition: str, settings: DocumentSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    """Parse every file of a drop (PDF with pymupdf, HTML with trafilatura, WARC record by record)."""
-    inputs = drop_inputs(root, partition)
+def parse_inputs(p, root: str, partitions: Sequence[str], settings: DocumentSettings):  # noqa: ANN001
+    """The input files of every given drop, spread over workers (one element per file)."""
+    inputs = [f for part in partitions for f in drop_inputs(root, part)]
+    return p | "Inputs" >> beam.Create(inputs) | "Spread" >> beam.Reshuffle()
 
-    def build(p):  # noqa: ANN001
-        files = p | "Inputs" >> beam.Create(inputs) | "Spread" >> beam.Reshuffle()
-        r = files | "Parse" >> beam.ParDo(ParseFile(partition, settings)).with_outputs(
+
+class Parse(beam.PTransform):
+    """Files -> documents (one per id), quarantine rows, and the images the PDFs hold (a side manifest)."""
+
+    def __init__(self, settings: DocumentSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, files):
+        r = files | "Parse" >> beam.ParDo(ParseFile(self.settings)).with_outputs(
             "quarantine", "images", main="ok").with_exception_handling(dead_letter_tag="dead")
         dead = r["dead"] | "DeadLetters" >> beam.FlatMap(dead_letter_to_quarantine("parsed"))
-        dead = dead | "DeadIds" >> beam.Map(lambda q: dict(q, partition=partition, id=q.get("id") or content_id(
-            q.get("source", "").encode(), "quarantine")))
+        dead = dead | "DeadIds" >> beam.Map(lambda q: dict(q, id=q.get("id") or content_id(q.get("source", "").encode(), "quarantine")))
         uniq = (r["ok"] | "KeyById" >> beam.Map(lambda d: (d["id"], d)) | "GroupById" >> beam.GroupByKey()
                 | "FirstById" >> beam.FlatMap(_first_by_id).with_outputs("quarantine", main="ok"))
-        uniq.ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["parsed"], partition), PARSED_SCHEMA)
         images = (r["images"] | "KeyImage" >> beam.Map(lambda i: ((i["doc_id"], i["sha256"]), i))
                   | "GroupImage" >> beam.GroupByKey() | "OneImage" >> beam.Map(lambda kv: next(iter(kv[1]))))
-        images | "WriteImages" >> WriteManifest(manifest_url(root, ASSET["images"], partition), IMAGE_SCHEMA)
-        ((r["quarantine"], dead, uniq.quarantine) | "AllBad" >> beam.Flatten()
-         | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["parsed"], partition), quarantine_schema(PARSED_SCHEMA)))
+        bad = (r["quarantine"], dead, uniq.quarantine) | "AllBad" >> beam.Flatten()
+        return uniq.ok, bad, {ASSET["images"]: (images, IMAGE_SCHEMA)}
 
-    return run_pipeline(argv, build, test_pipeline)
+
+PARSED = Stage(TRACK, "parsed", ASSET["parsed"], None, (), lambda root, s: Parse(s), source=parse_inputs,
+               schema=lambda root, parts: PARSED_SCHEMA)
+
+
+run_parsed = PARSED.runner("Parse every file of the given drops (PDF with pymupdf, HTML with trafilatura, WARC record by record).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,26 +443,14 @@ class CurateDocument(beam.DoFn):
         out = dict(row, **_counts(document["elements"]), n_elements_in=row["n_elements"],
                    element_drops=json.dumps(dict(sorted(drops.items()))), document=json.dumps(document, ensure_ascii=False, sort_keys=True),
                    **{k: stats.get(k) for k, _ in QUALITY_FIELDS if k in stats})
-        if verdict.keep:
-            Metrics.counter(TRACK, "quality_kept").inc()
-            yield out
-        else:
-            Metrics.counter(TRACK, f"quality_drop_{verdict.reason}").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(out, "quality", verdict.reason))
+        yield accept(out, TRACK, "quality") if verdict.keep else reject(out, TRACK, "quality", verdict.reason)
 
 
-def run_quality(root: str, partition: str, settings: DocumentSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    src = manifest_url(root, ASSET["parsed"], partition)
-    if not storage.exists(src):
-        raise FileNotFoundError(f"quality: {src} missing (materialize documents_parsed for {partition} first)")
+QUALITY = Stage(TRACK, "quality", ASSET["quality"], ASSET["parsed"], (), lambda root, s: Split("Curate", CurateDocument(s)),
+                schema=lambda root, parts: QUALITY_SCHEMA)
 
-    def build(p):  # noqa: ANN001
-        docs = p | "Read" >> beam.io.ReadFromParquet(src)
-        ok, bad = split_dofn(docs, "Curate", CurateDocument(settings))
-        ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["quality"], partition), QUALITY_SCHEMA)
-        bad | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["quality"], partition), quarantine_schema(QUALITY_SCHEMA))
 
-    return run_pipeline(argv, build, test_pipeline)
+run_quality = QUALITY.runner("Element and document quality filters of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,7 +458,8 @@ def run_quality(root: str, partition: str, settings: DocumentSettings, argv: Seq
 
 
 class Signatures(beam.DoFn):
-    """A batch of documents -> their signatures (vectorised) and one (band, key) record per band."""
+    """A batch of documents -> one slim row per document with its signature (``sig``, uint32 bytes)
+    and ``bands``, whether any band key is set (a document without shingles never pairs)."""
 
     def __init__(self, settings: DocumentSettings) -> None:
         self.s = settings
@@ -463,12 +471,17 @@ class Signatures(beam.DoFn):
         keys = minhash.band_keys(sig, s.minhash_bands, s.minhash_rows)
         Metrics.counter(TRACK, "minhash_documents").inc(len(batch))
         for r, row_sig, row_keys in zip(batch, sig, keys):
-            blob = row_sig.astype(np.uint32).tobytes()
-            yield beam.pvalue.TaggedOutput("docs", {"id": r["id"], "partition": r["partition"], "kind": r["kind"],
-                                                    "n_chars": r["n_chars"], "sig": blob})
-            for b, k in enumerate(row_keys.tolist()):
-                if k:  # 0: a document without shingles never pairs
-                    yield f"{b}:{k:016x}", (r["id"], blob)
+            yield {"id": r["id"], "partition": r["partition"], "kind": r["kind"], "n_chars": r["n_chars"],
+                   "sig": row_sig.astype(np.uint32).tobytes(), "bands": bool(row_keys.any())}
+
+
+def band_records(head: tuple[str, bytes], settings: DocumentSettings) -> Iterator[tuple[str, tuple[str, bytes]]]:
+    """(id, signature) -> one (band:key, (id, signature)) record per band; key 0 (no shingles) never pairs."""
+    doc_id, blob = head
+    keys = minhash.band_keys(_sig(blob)[None, :], settings.minhash_bands, settings.minhash_rows)[0]
+    for b, k in enumerate(keys.tolist()):
+        if k:
+            yield f"{b}:{k:016x}", (doc_id, blob)
 
 
 def _sig(blob: bytes) -> np.ndarray:
@@ -493,45 +506,12 @@ def bucket_pairs(kv: tuple[str, Iterable[tuple[str, bytes]]], threshold: float |
                 yield members[i][0], members[j][0]
 
 
-class UnionFind(beam.CombineFn):
-    """Connected components of id pairs: {id: smallest id of its component} (ids in pairs only)."""
-
-    def create_accumulator(self) -> dict:
-        return {}
-
-    @staticmethod
-    def _find(parent: dict, x: str) -> str:
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(x, x) != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    def add_input(self, parent: dict, pair: tuple[str, str]) -> dict:
-        a, b = self._find(parent, pair[0]), self._find(parent, pair[1])
-        if a != b:
-            lo, hi = min(a, b), max(a, b)
-            parent[hi] = lo
-            parent.setdefault(lo, lo)
-        return parent
-
-    def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
-        out: dict = {}
-        for acc in accumulators:
-            for x, p in acc.items():
-                self.add_input(out, (x, p))
-        return out
-
-    def extract_output(self, parent: dict) -> dict:
-        return {x: self._find(parent, x) for x in list(parent)}
-
-
-def choose_representative(kv: tuple[str, Iterable[dict]]) -> Iterator:
-    """Rows of one cluster: the representative (most text characters, then smallest id) is kept,
-    every other member goes to quarantine as ``near_duplicate`` of it."""
+def choose_representative(kv: tuple[str, Iterable]) -> Iterator:
+    """One component (``dedup.Member``s whose attrs are the slim documents) -> its rows: the
+    representative (``minhash.representative_key``: most text characters, then smallest id) is
+    kept, every other member goes to quarantine as ``near_duplicate`` of it."""
     cluster, members = kv
-    members = sorted(members, key=lambda d: (-(d["n_chars"] or 0), d["id"]))
+    members = sorted((m.attrs for m in members), key=minhash.representative_key)
     rep = members[0]
     size = len(members)
     rep_sig = _sig(rep["sig"])
@@ -568,14 +548,18 @@ def run_minhash(root: str, partitions: Sequence[str], settings: DocumentSettings
                  for i, src in enumerate(srcs)]
         docs = (reads | "AllDocs" >> beam.Flatten() | "Texts" >> beam.Map(_minhash_input)
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=s.minhash_batch))
-        r = docs | "Signatures" >> beam.ParDo(Signatures(s)).with_outputs("docs", main="bands")
-        pairs = (r.bands | "Buckets" >> beam.GroupByKey()
-                 | "Pairs" >> beam.FlatMap(bucket_pairs, s.minhash_threshold, s.max_bucket_pairs)
-                 | "UniquePairs" >> beam.Distinct())
-        components = pairs | "Components" >> beam.CombineGlobally(UnionFind())
-        out = (r.docs
-               | "ToCluster" >> beam.Map(lambda d, comp: (comp.get(d["id"], d["id"]), d), beam.pvalue.AsSingleton(components))
-               | "Clusters" >> beam.GroupByKey()
+        slim = docs | "Signatures" >> beam.ParDo(Signatures(s))
+        # Identical signatures (a page copied m times) are a star of m - 1 edges; only the head of
+        # each signature enters the band buckets, so a hot bucket never holds the copies.
+        same = (slim | "WithShingles" >> beam.Filter(lambda d: d["bands"])
+                | "Signature" >> beam.Map(lambda d: (d["id"], d["sig"]))
+                | "Identical" >> dedup.StarOfIdentical(None, counter="identical_signature_edges"))
+        pairs = (same.heads | "BandKeys" >> beam.FlatMap(band_records, s)
+                 | "Buckets" >> beam.GroupByKey()
+                 | "Pairs" >> beam.FlatMap(bucket_pairs, s.minhash_threshold, s.max_bucket_pairs))
+        edges = (same.star, pairs) | "Edges" >> beam.Flatten()
+        nodes = slim | "Nodes" >> beam.Map(lambda d: (d["id"], {k: d[k] for k in ("id", "partition", "kind", "n_chars", "sig")}))
+        out = ({"nodes": nodes, "edges": edges} | "Components" >> dedup.GroupComponents()
                | "Representatives" >> beam.FlatMap(choose_representative).with_outputs("quarantine", main="ok"))
         out.ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["minhash"], CORPUS), CLUSTER_SCHEMA)
         out.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["minhash"], CORPUS), quarantine_schema(CLUSTER_SCHEMA))
@@ -610,17 +594,15 @@ class PageSamples(beam.DoFn):
                 pid = f"{row['id']}_p{pg['page']:04d}"
                 bad = dict(base, id=pid, page=pg["page"])
                 if pg.get("ocr"):
-                    Metrics.counter(TRACK, "pages_drop_scanned_page").inc()
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(bad, "ocr_grounding", "scanned_page"))
+                    yield reject(bad, TRACK, "ocr_grounding", "scanned_page")
                     continue
                 render = ocr_grounding.render_page(doc.load_page(pg["page"] - 1), s.grounding.dpi)
                 if not render.words:
-                    Metrics.counter(TRACK, "pages_drop_no_words").inc()
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(bad, "ocr_grounding", "no_words"))
+                    yield reject(bad, TRACK, "ocr_grounding", "no_words")
                     continue
                 samples = ocr_grounding.page_samples(render, pid, s.grounding, row["source"], pg["page"])
                 if not samples:
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(bad, "ocr_grounding", "no_samples"))
+                    yield reject(bad, TRACK, "ocr_grounding", "no_samples")
                     continue
                 Metrics.counter(TRACK, "pages_rendered").inc()
                 for smp in samples:
@@ -633,29 +615,27 @@ class PageSamples(beam.DoFn):
             doc.close()
 
 
-def _kept_pdfs(kv: tuple[str, dict]) -> Iterator[dict]:
-    _id, g = kv
-    if g["kept"] and g["docs"]:
-        yield from g["docs"]
-
-
-def run_ocr_grounding(root: str, partition: str, settings: DocumentSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    qsrc, csrc = manifest_url(root, ASSET["quality"], partition), manifest_url(root, ASSET["minhash"], CORPUS)
-    for src in (qsrc, csrc):
+def kept_pdf_documents(p, root: str, partitions: Sequence[str], settings: DocumentSettings):  # noqa: ANN001
+    """Quality-passed PDFs of the given drops that MinHash kept (a join by id, no side input)."""
+    qsrcs = [manifest_url(root, ASSET["quality"], part) for part in partitions]
+    csrc = manifest_url(root, ASSET["minhash"], CORPUS)
+    for src in (*qsrcs, csrc):
         if not storage.exists(src):
             raise FileNotFoundError(f"ocr_grounding: {src} missing")
+    wanted = frozenset(partitions)
+    pdfs = (read_manifests(p, qsrcs, "ReadQuality", columns=["id", "partition", "source", "file", "kind", "document"])
+            | "PdfOnly" >> beam.Filter(lambda r: r["kind"] == "pdf"))
+    kept = (read_manifests(p, [csrc], "ReadClusters", columns=["id", "partition"])
+            | "TheseDrops" >> beam.FlatMap(lambda r: [r["id"]] if r["partition"] in wanted else []))
+    return {"records": pdfs, "keep": kept} | "KeptOnly" >> KeepIds()
 
-    def build(p):  # noqa: ANN001
-        docs = (p | "ReadQuality" >> beam.io.ReadFromParquet(qsrc, columns=["id", "partition", "source", "file", "kind", "document"])
-                | "PdfOnly" >> beam.Filter(lambda r: r["kind"] == "pdf") | "KeyDocs" >> beam.Map(lambda r: (r["id"], r)))
-        kept = (p | "ReadClusters" >> beam.io.ReadFromParquet(csrc, columns=["id", "partition"])
-                | "ThisDrop" >> beam.Filter(lambda r: r["partition"] == partition) | "KeyKept" >> beam.Map(lambda r: (r["id"], True)))
-        joined = {"docs": docs, "kept": kept} | "Join" >> beam.CoGroupByKey() | "Kept" >> beam.FlatMap(_kept_pdfs)
-        ok, bad = split_dofn(joined | "Spread" >> beam.Reshuffle(), "Pages", PageSamples(settings))
-        ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["ocr_grounding"], partition), OCR_SAMPLE_SCHEMA)
-        bad | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["ocr_grounding"], partition), PAGE_QUARANTINE_SCHEMA)
 
-    return run_pipeline(argv, build, test_pipeline)
+OCR_GROUNDING = Stage(TRACK, "ocr_grounding", ASSET["ocr_grounding"], None, (), lambda root, s: Split("Pages", PageSamples(s)),
+                      source=kept_pdf_documents, schema=lambda root, parts: OCR_SAMPLE_SCHEMA,
+                      fixed_quarantine_schema=PAGE_QUARANTINE_SCHEMA)
+
+
+run_ocr_grounding = OCR_GROUNDING.runner("OCR and grounding samples from the pages of the kept PDFs of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -777,10 +757,61 @@ def _shard_inputs(root: str, partitions: Sequence[str], asset: str) -> list[str]
     return srcs
 
 
+def _needed_images(row: dict) -> Iterator[tuple[tuple[str, str], tuple[str, str]]]:
+    """((drop, image sha256), (drop, doc id)) for each PDF image a kept document uses."""
+    if row["kind"] != "pdf":
+        return
+    for sha in sorted({e["image_sha256"] for e in json.loads(row["document"])["elements"] if e.get("image_sha256")}):
+        yield (row["partition"], sha), (row["partition"], row["id"])
+
+
+def _route_images(element: tuple[tuple[str, str], dict]) -> Iterator[tuple[tuple[str, str], tuple[str, bytes]]]:
+    """(drop, sha256) -> {img, need} joined: the image's bytes to each document that needs them."""
+    (_, sha), joined = element
+    blob = next(iter(joined["img"]), None)
+    if blob is None:
+        return  # not in documents_parsed_images: the sample builder drops the part as image_missing
+    for doc in sorted(set(joined["need"])):
+        yield doc, (sha, blob)
+
+
+class _InterleavedSamples(beam.DoFn):
+    """(drop, doc id) -> {doc, blobs} joined: the chat sample of a kept representative, and its
+    dropped image parts to the 'dropped' output (quarantine/interleaved_shards/all.parquet)."""
+
+    def __init__(self, settings: DocumentSettings) -> None:
+        self.settings = settings
+
+    def process(self, element: tuple[tuple[str, str], dict]):
+        (part, _), joined = element
+        source = ImageSource(dict(joined["blobs"]), self.settings.fetch)
+        for r in joined["doc"]:
+            config = self.settings.pdf_quality if r["kind"] == "pdf" else self.settings.quality
+            sample, dropped = interleaved_sample(r, source, config)
+            for d in dropped:
+                Metrics.counter("interleaved_shards", f"image_drop_{d['reason']}").inc()
+                yield beam.pvalue.TaggedOutput("dropped", {
+                    "id": f"{r['id']}_e{d['element']:04d}", "doc_id": r["id"], "partition": part, "source": r["source"],
+                    "src": d.get("src"), "image_sha256": d.get("image_sha256"), "page": d.get("page"),
+                    "stage": "interleaved_shards", "reason": d["reason"], "error": d.get("error")})
+            yield sample
+
+
+def _drop_of(filename: str) -> str:
+    return filename.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
 def run_interleaved_shards(root: str, partitions: Sequence[str], settings: DocumentSettings,
-                           dataset: str = "interleaved") -> shards.ShardIndex:
+                           dataset: str = "interleaved", argv: Sequence[str] = (),
+                           test_pipeline=None) -> shards.ShardIndex:  # noqa: ANN001
     """Kept representative documents as interleaved chat samples; dropped image parts go to
-    quarantine/interleaved_shards/all.parquet."""
+    quarantine/interleaved_shards/all.parquet.
+
+    One Beam job: documents are joined to the representatives by id and to their PDF images by
+    (drop, sha256), each sample is built where its document lands, and the shard stage
+    (pipelines/shards.py) writes them sorted by id, one writer per shard."""
+    from pipelines.shards import ShardSource, WriteShards
+
     qsrcs = _shard_inputs(root, partitions, ASSET["quality"])
     csrc = manifest_url(root, ASSET["minhash"], CORPUS)
     if not storage.exists(csrc):
@@ -788,40 +819,35 @@ def run_interleaved_shards(root: str, partitions: Sequence[str], settings: Docum
     isrcs = [u for u in (manifest_url(root, ASSET["images"], p) for p in partitions) if storage.exists(u)]
     srcs = [*qsrcs, csrc, *isrcs]
     version = content_version(srcs, dataset, settings.quality, settings.pdf_quality, settings.fetch)
-    reps = {r["id"] for r in storage.read_records(csrc)}
+    out_url = shards.shard_dir(root, dataset, version)
+    lineage = shards.input_lineage(srcs)
 
-    def samples() -> Iterator[shards.Sample]:
-        dropped_rows: list[dict] = []
-        for p in sorted(set(partitions)):
-            rows = sorted((r for r in storage.read_records(manifest_url(root, ASSET["quality"], p)) if r["id"] in reps),
-                          key=lambda r: r["id"])
-            needed = {e["image_sha256"] for r in rows if r["kind"] == "pdf" for e in json.loads(r["document"])["elements"]
-                      if e.get("image_sha256")}
-            # only this drop's images that a kept document still uses are held in memory
-            iurl = manifest_url(root, ASSET["images"], p)
-            blobs: dict[str, bytes] = {}
-            if needed and storage.exists(iurl):
-                import pyarrow.compute as pc
+    def build(p):  # noqa: ANN001
+        docs = read_manifests(p, qsrcs, "ReadQuality")
+        reps = (read_manifests(p, [csrc], "ReadClusters") | "RepIds" >> beam.Map(lambda r: r["id"])
+                | "Distinct" >> beam.Distinct())
+        docs_by_id = docs | "DocsById" >> beam.Map(lambda r: (r["id"], r))
+        kept = ({"doc": docs_by_id, "rep": reps | "RepsById" >> beam.Map(lambda i: (i, True))}
+                | "JoinReps" >> beam.CoGroupByKey()
+                | "Kept" >> beam.FlatMap(lambda kv: [((d["partition"], d["id"]), d) for d in kv[1]["doc"]]
+                                         if list(kv[1]["rep"]) else []))
+        images = (p | "ImageUrls" >> beam.Create(isrcs)
+                  | "ReadImages" >> beam.io.ReadAllFromParquet(columns=["sha256", "bytes"], with_filename=True)
+                  | "KeyImages" >> beam.Map(lambda fr: ((_drop_of(fr[0]), fr[1]["sha256"]), fr[1]["bytes"])))
+        need = kept | "NeededImages" >> beam.FlatMap(lambda kv: _needed_images(kv[1]))
+        blobs = ({"img": images, "need": need} | "JoinImages" >> beam.CoGroupByKey()
+                 | "RouteImages" >> beam.FlatMap(_route_images))
+        built = ({"doc": kept, "blobs": blobs}
+                 | "JoinBlobs" >> beam.CoGroupByKey()
+                 | "Build" >> beam.ParDo(_InterleavedSamples(settings)).with_outputs("dropped", main="samples"))
+        built.dropped | "WriteDropped" >> WriteManifest(quarantine_url(root, ASSET["interleaved_shards"], CORPUS),
+                                                        PART_QUARANTINE_SCHEMA)
+        built.samples | "Shards" >> WriteShards(
+            out_url, dataset_name=dataset, metadata_schema=INTERLEAVED_META, source=ShardSource(), lineage=lineage,
+            samples_per_shard=settings.samples_per_shard, max_shard_bytes=settings.max_shard_bytes, publish_root=root)
 
-                table = storage.read_table(iurl, columns=["sha256", "bytes"])
-                table = table.filter(pc.is_in(table["sha256"], value_set=pa.array(sorted(needed))))
-                blobs = dict(zip(table["sha256"].to_pylist(), table["bytes"].to_pylist()))
-            source = ImageSource(blobs, settings.fetch)
-            for r in rows:
-                config = settings.pdf_quality if r["kind"] == "pdf" else settings.quality
-                sample, dropped = interleaved_sample(r, source, config)
-                for d in dropped:
-                    dropped_rows.append({"id": f"{r['id']}_e{d['element']:04d}", "doc_id": r["id"], "partition": p,
-                                         "source": r["source"], "src": d.get("src"), "image_sha256": d.get("image_sha256"),
-                                         "page": d.get("page"), "stage": "interleaved_shards", "reason": d["reason"],
-                                         "error": d.get("error")})
-                yield sample
-        storage.write_records(quarantine_url(root, ASSET["interleaved_shards"], CORPUS), dropped_rows, PART_QUARANTINE_SCHEMA)
-
-    # streamed in (drop, id) order: deterministic, and only one drop's PDF images are held at a time
-    return shards.write_dataset(samples(), root, dataset, version, lineage=shards.input_lineage(srcs),
-                                samples_per_shard=settings.samples_per_shard, max_shard_bytes=settings.max_shard_bytes,
-                                metadata_schema=INTERLEAVED_META)
+    run_pipeline(argv, build, test_pipeline)
+    return shards.read_index(out_url)
 
 
 OCR_META = pa.schema([("doc_id", pa.string()), ("partition", pa.string()), ("source", pa.string()), ("page", pa.int32()),
@@ -840,25 +866,36 @@ def ocr_grounding_sample(r: dict) -> shards.Sample:
                          metadata={k: r[k] for k in ("doc_id", "partition", "source", "page", "task", "width", "height", "answer")})
 
 
-def run_ocr_grounding_shards(root: str, partitions: Sequence[str], settings: DocumentSettings) -> dict[str, shards.ShardIndex]:
-    """OCR samples -> dataset 'ocr', grounding samples -> dataset 'grounding' (each with LATEST.json)."""
+def run_ocr_grounding_shards(root: str, partitions: Sequence[str], settings: DocumentSettings, argv: Sequence[str] = (),
+                             test_pipeline=None) -> dict[str, shards.ShardIndex]:  # noqa: ANN001
+    """OCR samples -> dataset 'ocr', grounding samples -> dataset 'grounding' (each with LATEST.json),
+    one Beam job, each dataset through the shard stage (pipelines/shards.py)."""
+    from pipelines.shards import ShardSource, WriteShards
+
     srcs = _shard_inputs(root, partitions, ASSET["ocr_grounding"])
-    rows = sorted((r for s in srcs for r in storage.read_records(s)), key=lambda r: r["id"])
-    out = {}
-    for dataset, task in (("ocr", "ocr"), ("grounding", "grounding")):
-        version = content_version(srcs, dataset, settings.grounding, settings.pages_per_doc)
-        out[dataset] = shards.write_dataset(
-            (ocr_grounding_sample(r) for r in rows if r["task"] == task), root, dataset, version,
-            lineage=shards.input_lineage(srcs), samples_per_shard=settings.samples_per_shard,
-            max_shard_bytes=settings.max_shard_bytes, metadata_schema=OCR_META)
-    return out
+    lineage = shards.input_lineage(srcs)
+    out_urls = {dataset: shards.shard_dir(root, dataset, content_version(srcs, dataset, settings.grounding, settings.pages_per_doc))
+                for dataset in ("ocr", "grounding")}
+
+    def build(p):  # noqa: ANN001
+        rows = read_manifests(p, srcs)
+        for dataset, out_url in out_urls.items():  # rows carry their page image: the sample is built in its writer
+            label = dataset.title()
+            (rows | f"{label}Rows" >> beam.Filter(lambda r, task: r["task"] == task, dataset)
+             | f"{label}Shards" >> WriteShards(out_url, dataset_name=dataset, metadata_schema=OCR_META,
+                                               source=ShardSource(ocr_grounding_sample), lineage=lineage,
+                                               samples_per_shard=settings.samples_per_shard,
+                                               max_shard_bytes=settings.max_shard_bytes, publish_root=root))
+
+    run_pipeline(argv, build, test_pipeline)
+    return {dataset: shards.read_index(out_url) for dataset, out_url in out_urls.items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI
 
 
-def run(argv: Sequence[str] | None = None) -> None:
+def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa: ANN001
     """Command-line entry point (the same functions Dagster's assets call)."""
     parser = track_cli("python -m pipelines.documents", __doc__, TRACK, STAGES)
     parser.add_argument("--ocr", dest="ocr", action="store_true", default=None, help="OCR scanned pages (default: if Tesseract is installed)")
@@ -877,15 +914,14 @@ def run(argv: Sequence[str] | None = None) -> None:
     per_drop = {"parsed": run_parsed, "quality": run_quality, "ocr_grounding": run_ocr_grounding}
     for stage in stages:
         if stage in per_drop:
-            for part in partitions:
-                per_drop[stage](args.root, part, settings, beam_argv)
+            per_drop[stage](args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)  # every drop in one Beam job
         elif stage == "minhash":
-            run_minhash(args.root, partitions, settings, beam_argv)
+            run_minhash(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
         elif stage == "interleaved_shards":
-            index = run_interleaved_shards(args.root, partitions, settings)
+            index = run_interleaved_shards(args.root, partitions, settings, argv=beam_argv, test_pipeline=test_pipeline)
             print(json.dumps({"dataset": "interleaved", "url": index.url, "samples": index.num_samples}))
         else:
-            for name, index in run_ocr_grounding_shards(args.root, partitions, settings).items():
+            for name, index in run_ocr_grounding_shards(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline).items():
                 print(json.dumps({"dataset": name, "url": index.url, "samples": index.num_samples}))
 
 

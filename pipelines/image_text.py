@@ -36,15 +36,22 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from curation import clip_score, generation, image_dedup, imaging, ingest, metaclip, neardup, phash, shards, storage, text_quality
 from curation import recaption as recaption_ops
+from pipelines import dedup
 from pipelines.generation import EngineSpec, GenerationModelHandler, resolve_spec
 from curation.records import content_id, sha256_hex
 from pipelines.common import (
+    Split,
+    Stage,
+    StageResult,
     WriteManifest,
+    accept,
     content_version,
+    counters,
+    dead_letter_to_quarantine,
     extend_schema,
     format_exception,
     landing_drops,
@@ -53,8 +60,10 @@ from pipelines.common import (
     quarantine_url,
     quarantined,
     read_schema,
+    reject,
     run_pipeline,
     split_dofn,
+    write_per_partition,
 )
 
 TRACK = "image_text"
@@ -107,7 +116,9 @@ class ImageTextSettings:
     phash_flatten_alpha: bool = True  # composite transparent images onto white before hashing
     hamming_k: int = phash.DEFAULT_THRESHOLD
     benchmark_k: int = phash.DEFAULT_THRESHOLD
-    neardup_engine: str = "auto"  # auto | inmemory | beam
+    # Accepted for old configs and ignored: run_neardup always runs the distributed dedup
+    # (pipelines/dedup.py); the in-memory engine is curation.image_dedup.resolve_clusters.
+    neardup_engine: str = "auto"
     caption: text_quality.CaptionQualityConfig = field(default_factory=text_quality.CaptionQualityConfig)
     clip_model: str = "local-dir:models/clip-tiny"
     clip_pretrained: str | None = None
@@ -160,26 +171,22 @@ def drop_relative_key(source_key: str, drop_url: str, partition: str) -> str:
 class InspectSample(beam.DoFn):
     """Load the bytes of a reference, sniff and validate the header, give it its stable id."""
 
-    def __init__(self, root: str, partition: str, settings: ImageTextSettings) -> None:
-        self.root, self.partition, self.settings = root, partition, settings
-        self.ok = Metrics.counter(TRACK, "samples_ok")
-        self.bad = Metrics.counter(TRACK, "samples_quarantined")
+    def __init__(self, root: str, settings: ImageTextSettings) -> None:
+        self.root, self.settings = root, settings
 
     def process(self, ref: dict):
-        rec = dict(ref, partition=self.partition, id=None, sha256=None, n_bytes=None, format=None, width=None, height=None)
+        part = ref["partition"]
+        rec = dict(ref, id=None, sha256=None, n_bytes=None, format=None, width=None, height=None)
         if ref.get("reason"):
-            self.bad.inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "samples", ref["reason"], ref.get("error")))
+            yield reject(rec, TRACK, "samples", ref["reason"], ref.get("error"))
             return
         try:
             data = ingest.load_bytes(ref, self.settings.fetch_limits)
         except ingest.FetchError as e:
-            self.bad.inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "samples", e.reason, str(e)))
+            yield reject(rec, TRACK, "samples", e.reason, str(e))
             return
         except (FileNotFoundError, OSError) as e:
-            self.bad.inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "samples", "unreadable", format_exception(e)))
+            yield reject(rec, TRACK, "samples", "unreadable", format_exception(e))
             return
         digest = sha256_hex(data)
         if ref["uri"].startswith(("http://", "https://")):
@@ -189,34 +196,24 @@ class InspectSample(beam.DoFn):
                 storage.write_bytes(blob, data)
             rec.update(uri=blob, byte_offset=-1, byte_size=-1)
         info = imaging.inspect_image(data, self.settings.image_limits)
-        rec.update(id=content_id(data, drop_relative_key(ref["source_key"], landing_url(self.root, self.partition), self.partition)),
+        rec.update(id=content_id(data, drop_relative_key(ref["source_key"], landing_url(self.root, part), part)),
                    sha256=digest, n_bytes=len(data),
                    format=info.format, width=info.oriented_width, height=info.oriented_height)
         if not info.ok:
-            self.bad.inc()
-            Metrics.counter(TRACK, f"drop_{info.reason}").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "samples", info.reason, info.error))
+            yield reject(rec, TRACK, "samples", info.reason, info.error)
             return
-        self.ok.inc()
-        yield rec
+        yield accept(rec, TRACK, "samples")
 
 
-class IngestDrop(beam.PTransform):
-    """All references of one drop -> valid sample records (main) and quarantine rows."""
-
-    def __init__(self, root: str, partition: str, settings: ImageTextSettings) -> None:
-        super().__init__()
-        self.root, self.partition, self.settings = root, partition, settings
-
-    def expand(self, pbegin):
-        sources = ingest.discover(landing_url(self.root, self.partition))
-        refs = (
-            pbegin
-            | "Sources" >> beam.Create(sources)
-            | "References" >> beam.FlatMapTuple(ingest.iter_source)
-            | "Spread" >> beam.Reshuffle()
-        )
-        return split_dofn(refs, "Inspect", InspectSample(self.root, self.partition, self.settings))
+def drop_references(p, root: str, partitions: Sequence[str], settings: ImageTextSettings):  # noqa: ANN001
+    """The references of every given drop (each tagged with its drop), spread over workers."""
+    per_drop = []
+    for i, part in enumerate(partitions):
+        sources = ingest.discover(landing_url(root, part))
+        per_drop.append(p | f"Sources[{i}]" >> beam.Create(sources)
+                        | f"References[{i}]" >> beam.FlatMapTuple(ingest.iter_source)
+                        | f"Tag[{i}]" >> beam.Map(lambda ref, part=part: dict(ref, partition=part)))
+    return per_drop | "AllDrops" >> beam.Flatten() | "Spread" >> beam.Reshuffle()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,8 +225,6 @@ class PHashBatch(beam.DoFn):
 
     def __init__(self, settings: ImageTextSettings) -> None:
         self.settings = settings
-        self.hashed = Metrics.counter(TRACK, "phash_ok")
-        self.failed = Metrics.counter(TRACK, "phash_decode_error")
 
     def process(self, batch: list[dict]):
         datas, errors = [], {}
@@ -246,11 +241,9 @@ class PHashBatch(beam.DoFn):
                 errors.setdefault(i, ("decode_error", err))
         for i, rec in enumerate(batch):
             if i in errors:
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "phash", *errors[i]))
+                yield reject(rec, TRACK, "phash", *errors[i])
             else:
-                self.hashed.inc()
-                yield dict(rec, phash=int(hashes[i]))
+                yield accept(dict(rec, phash=int(hashes[i])), TRACK, "phash")
 
 
 class ComputePHash(beam.PTransform):
@@ -296,78 +289,82 @@ NEARDUP_FIELDS = [("cluster_id", pa.string()), ("cluster_size", pa.int32())]
 NEARDUP_Q_FIELDS = NEARDUP_FIELDS + [("dup_of", pa.string()), ("hamming", pa.int32())]
 
 
-def exact_dedup(key_and_group) -> Iterable[dict]:
-    """One sha256 group -> the representative (main) and the others (tagged 'exact')."""
-    _, group = key_and_group
-    for rec in image_dedup.decide_exact(list(group)):
-        if rec["_decision"] == "keep":
-            yield {k: v for k, v in rec.items() if k != "_decision"}
+class ExactRepresentative(beam.CombineFn):
+    """Per sha256: the representative (smallest ``image_dedup.precedence``) and the group size; a
+    liftable combine, so 10^5 copies of one blank image never sit in one list."""
+
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, acc, rec: dict):
+        best, n = acc
+        cand = (image_dedup.precedence(rec), rec["id"])
+        return (cand if best is None or cand < best else best), n + 1
+
+    def merge_accumulators(self, accs):
+        best, n = None, 0
+        for b, m in accs:
+            n += m
+            if b is not None and (best is None or b < best):
+                best = b
+        return best, n
+
+    def extract_output(self, acc):
+        best, n = acc
+        return best[1], n
+
+
+def exact_decisions(key_and_group) -> Iterable[dict]:
+    """One sha256 group (records, and its representative from ExactRepresentative) -> the representative
+    (main) and the others (tagged 'exact', as ``image_dedup.decide_exact`` marks them). The records are
+    iterated once, never listed: a runner may page a hot group from its shuffle."""
+    _, g = key_and_group
+    rep_id, n = next(iter(g["rep"]))
+    for rec in g["records"]:
+        if rec["id"] == rep_id:
+            yield rec
         else:
-            yield beam.pvalue.TaggedOutput("exact", rec)
+            yield beam.pvalue.TaggedOutput("exact", dict(rec, _decision="exact_duplicate", dup_of=rep_id, hamming=0,
+                                                         cluster_id=rep_id, cluster_size=n))
 
 
-def _band_key_records(rec: dict, plan: neardup.SearchPlan, query_prefix: str | None) -> Iterable[tuple]:
-    query = None if query_prefix is None else rec["id"].startswith(query_prefix)
-    homes, probes = neardup.item_band_keys(int(rec["phash"]), plan, query=query)
-    slim = (rec["id"], int(rec["phash"]))
-    for key in homes:
-        yield key, ("home",) + slim
-    for key in probes:
-        yield key, ("probe",) + slim
-
-
-def _verify_band_group(key_and_items, plan: neardup.SearchPlan, k: int, query_prefix: str | None) -> Iterable[tuple[str, str, int]]:
-    """Verified pairs (id_a < id_b, hamming) among the items sharing one band key."""
-    key, items = key_and_items
-    homes = [(i, h) for role, i, h in items if role == "home"]
-    probes = [(i, h) for role, i, h in items if role == "probe"]
-    home_query = None if query_prefix is None else np.array([i.startswith(query_prefix) for i, _ in homes], dtype=bool)
-    pairs = neardup.verify_group(
-        key, [i for i, _ in homes], np.array([h for _, h in homes], dtype=np.uint64),
-        [i for i, _ in probes], np.array([h for _, h in probes], dtype=np.uint64), plan, k, home_query=home_query)
-    for a, b, d in pairs:
-        yield (a, b, int(d))
+def neardup_plan(n_records: int, k: int) -> neardup.SearchPlan:
+    """The banded plan ``run_neardup`` runs over ``n_records`` hashes at distance k (the asset shows it)."""
+    return dedup.search_plan(n_records, k)
 
 
 class NearDupPairs(beam.PTransform):
-    """Near-dup edges within k between the given hashed records (and benchmark rows marked _bench).
-
-    engine 'beam': band keys -> GroupByKey -> popcount verification in each group (scales out);
-    engine 'inmemory': one worker runs the vectorised banded search over all hashes (fast up to
-    ~10^8 hashes, 8 bytes each). Both return exactly the same edges.
+    """Near-dup edges (id_a, id_b, hamming) within k among hashed records: ``dedup.HammingEdges``
+    (identical pHashes become a star of distance-0 edges; the rest come from band keys, a
+    GroupByKey and popcount verification). ``query_prefix``: query mode, pairs with a side whose id
+    has the prefix. ``engine`` is accepted for old callers; every engine runs this distributed search.
     """
 
     def __init__(self, k: int, n_estimate: int, engine: str = "auto", query_prefix: str | None = None) -> None:
         super().__init__()
         self.k, self.query_prefix = k, query_prefix
-        self.engine = ("inmemory" if n_estimate <= 50_000_000 else "beam") if engine == "auto" else engine
-        # In Beam every probe key is a shuffled element: weight probes heavily so the plan uses
-        # fewer, larger groups (~27 keys per item at k=10 instead of ~236 for the in-memory plan).
-        self.plan = neardup.plan_search(max(n_estimate, 1), k, probe_weight=100 if self.engine == "beam" else 1.0)
+        self.plan = neardup_plan(n_estimate, k)
 
     def expand(self, records):
-        k, qp = self.k, self.query_prefix
-        if self.engine == "inmemory":
-            def search(rows: list[dict]) -> list[tuple[str, str, int]]:
-                rows = sorted(rows, key=lambda r: r["id"])
-                hashes = np.array([int(r["phash"]) for r in rows], dtype=np.uint64)
-                mask = None if qp is None else np.array([r["id"].startswith(qp) for r in rows], dtype=bool)
-                pairs, dists = neardup.find_pairs(hashes, k, query_mask=mask, return_distances=True)
-                return [(rows[a]["id"], rows[b]["id"], int(d)) for (a, b), d in zip(pairs.tolist(), dists.tolist())]
-
-            return (
-                records
-                | "Slim" >> beam.Map(lambda r: {"id": r["id"], "phash": r["phash"]})
-                | "All" >> beam.combiners.ToList()
-                | "Search" >> beam.FlatMap(search)
-            )
-        plan = self.plan
+        qp = self.query_prefix
+        is_query = None if qp is None else (lambda node: node.startswith(qp))
         return (
             records
-            | "BandKeys" >> beam.FlatMap(_band_key_records, plan, qp)
-            | "GroupBands" >> beam.GroupByKey()
-            | "Verify" >> beam.FlatMap(_verify_band_group, plan, k, qp)
+            | "Hashes" >> beam.Map(lambda r: (r["id"], dedup.to_int64(r["phash"])))
+            | "Edges" >> dedup.HammingEdges(self.k, self.plan, is_query)
         )
+
+
+def _decide_component(kv) -> Iterable[tuple[str, dict]]:  # noqa: ANN001
+    """One pHash component (``dedup.Member``s: attrs = the ``precedence`` key, extras['bench'] = the
+    closest benchmark hit) -> (id, decision) by ``image_dedup.decide_cluster``."""
+    _, members = kv
+    ids = [m.node for m in members]
+    decisions = image_dedup.decide_cluster(ids, [m.attrs for m in members], [m.distance for m in members],
+                                           [m.extras.get("bench") for m in members])
+    for node, dec in zip(ids, decisions):
+        Metrics.counter(TRACK, "neardup_kept" if dec["_decision"] == "keep" else f"neardup_drop_{dec['_decision']}").inc()
+        yield node, dec
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,11 +379,7 @@ class CaptionQuality(beam.DoFn):
         keep, reason = text_quality.check_caption(rec.get("caption") or "", self.config)
         stats = text_quality.caption_stats(rec.get("caption") or "")
         out = dict(rec, caption_stats=json.dumps(stats, sort_keys=True, default=float), caption_lang=stats.get("lang"))
-        Metrics.counter(TRACK, "quality_kept" if keep else f"quality_drop_{reason}").inc()
-        if keep:
-            yield out
-        else:
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(out, "quality", reason))
+        yield accept(out, TRACK, "quality") if keep else reject(out, TRACK, "quality", reason)
 
 
 QUALITY_FIELDS = [("caption_stats", pa.string()), ("caption_lang", pa.string())]
@@ -418,8 +411,7 @@ class ClipScoreBatch(beam.DoFn):
                 err = format_exception(e)
             if img is None:
                 reason = info.reason if info is not None else "unreadable"
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "clip", reason or "decode_error",
-                                                                          info.error if info is not None else err))
+                yield reject(rec, TRACK, "clip", reason or "decode_error", info.error if info is not None else err)
                 continue
             images.append(img)
             texts.append(rec.get("caption") or "")
@@ -432,19 +424,94 @@ class ClipScoreBatch(beam.DoFn):
             yield dict(rec, clip_score=float(s))
 
 
-def _apply_clip_threshold(rec: dict, threshold: float | None):
+def _apply_clip_threshold(rec: dict, thresholds: dict[str, float]):
+    threshold = thresholds.get(rec["partition"])
     keep, reason = clip_score.clip_verdict(rec["clip_score"], threshold)
-    Metrics.counter(TRACK, "clip_kept" if keep else f"clip_drop_{reason}").inc()
     if keep:
-        yield rec
+        yield accept(rec, TRACK, "clip")
     else:
-        yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "clip", reason, f"score {rec['clip_score']:.4f} < {threshold:.4f}"))
+        yield reject(rec, TRACK, "clip", reason, f"score {rec['clip_score']:.4f} < {threshold:.4f}")
+
+
+class ScoreHistogram(beam.CombineFn):
+    """Counts per monotone score bucket (``clip_score.score_bucket``): a small, liftable accumulator."""
+
+    def create_accumulator(self) -> dict[int, int]:
+        return {}
+
+    def add_input(self, acc: dict[int, int], score: float) -> dict[int, int]:
+        b = clip_score.score_bucket(score)
+        acc[b] = acc.get(b, 0) + 1
+        return acc
+
+    def merge_accumulators(self, accs) -> dict[int, int]:  # noqa: ANN001
+        out: dict[int, int] = {}
+        for acc in accs:
+            for b, c in acc.items():
+                out[b] = out.get(b, 0) + c
+        return out
+
+    def extract_output(self, acc: dict[int, int]) -> dict[int, int]:
+        return acc
+
+
+class ValueCounts(beam.CombineFn):
+    """value -> count of the scores inside one drop's boundary bucket."""
+
+    def create_accumulator(self) -> dict[float, int]:
+        return {}
+
+    def add_input(self, acc: dict[float, int], value: float) -> dict[float, int]:
+        acc[value] = acc.get(value, 0) + 1
+        return acc
+
+    merge_accumulators = ScoreHistogram.merge_accumulators
+
+    def extract_output(self, acc: dict[float, int]) -> dict[float, int]:
+        return acc
+
+
+class TopFractionThresholds(beam.PTransform):
+    """Scored records -> (drop, threshold) per drop, exactly ``clip_score.threshold_for`` of that drop's
+    scores, from two combiners (bucket histogram, then the values of the boundary bucket): no worker
+    ever holds a drop's scores."""
+
+    def __init__(self, config: clip_score.ClipFilterConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, scored):
+        cfg = self.config
+        scores = scored | "Scores" >> beam.Map(lambda r: (r["partition"], float(r["clip_score"])))
+        hists = scores | "Histogram" >> beam.CombinePerKey(ScoreHistogram())
+
+        def boundary(part_hist):  # noqa: ANN001
+            part, hist = part_hist
+            n_keep = clip_score.keep_count(sum(hist.values()), cfg)
+            bucket, rank = clip_score.boundary_bucket(hist, n_keep)
+            return part, (bucket, rank)
+
+        bounds = hists | "Boundary" >> beam.Map(boundary)
+        in_bucket = scores | "InBoundary" >> beam.Filter(
+            lambda ps, b: ps[0] in b and clip_score.score_bucket(ps[1]) == b[ps[0]][0], beam.pvalue.AsDict(bounds))
+        return (in_bucket
+                | "BoundaryValues" >> beam.CombinePerKey(ValueCounts())
+                | "Threshold" >> beam.Map(lambda pv, b: (pv[0], clip_score.kth_largest(pv[1], b[pv[0]][1])),
+                                          beam.pvalue.AsDict(bounds)))
+
+
+def clip_threshold_url(root: str, partition: str) -> str:
+    """Where the clip stage records the threshold it applied to a drop (read back into StageResult.plan)."""
+    return storage.join(root, "manifests", ASSET["clip"], f"{partition}.threshold.json")
 
 
 class ClipScoreFilter(beam.PTransform):
-    def __init__(self, settings: ImageTextSettings, model: str, pretrained: str | None) -> None:
+    """Score every record, then keep those at or above their drop's threshold (absolute, or the score of
+    the last kept record under ``keep_top_fraction``, per drop)."""
+
+    def __init__(self, settings: ImageTextSettings, model: str, pretrained: str | None, root: str | None = None) -> None:
         super().__init__()
-        self.settings, self.model, self.pretrained = settings, model, pretrained
+        self.settings, self.model, self.pretrained, self.root = settings, model, pretrained, root
 
     def expand(self, records):
         s = self.settings
@@ -452,13 +519,18 @@ class ClipScoreFilter(beam.PTransform):
         scored, failed = split_dofn(
             batches, "Score", ClipScoreBatch(self.model, self.pretrained, s.clip_batch_size, s.image_limits, s.fetch_limits))
         cfg = s.clip_filter
-        threshold = (
-            scored
-            | "Scores" >> beam.Map(lambda r: r["clip_score"])
-            | "AllScores" >> beam.combiners.ToList()
-            | "Threshold" >> beam.Map(lambda xs: clip_score.threshold_for(np.array(xs), cfg))
-        )
-        filtered = scored | "Filter" >> beam.FlatMap(_apply_clip_threshold, beam.pvalue.AsSingleton(threshold)).with_outputs(
+        if cfg.min_score is None and cfg.keep_top_fraction is not None:
+            thresholds = scored | "Thresholds" >> TopFractionThresholds(cfg)
+        else:
+            # absolute (or no) threshold: the same for every drop, known before any score
+            fixed = None if cfg.min_score is None else float(cfg.min_score)
+            thresholds = (scored | "Drops" >> beam.Map(lambda r: (r["partition"], None)) | "Distinct" >> beam.Distinct()
+                          | "Fixed" >> beam.Map(lambda kv: (kv[0], fixed)))
+        if self.root is not None:
+            root = self.root
+            thresholds | "RecordThresholds" >> beam.Map(
+                lambda pt: storage.write_json(clip_threshold_url(root, pt[0]), {"partition": pt[0], "threshold": pt[1]}))
+        filtered = scored | "Filter" >> beam.FlatMap(_apply_clip_threshold, beam.pvalue.AsDict(thresholds)).with_outputs(
             "quarantine", main="ok")
         quarantine = (failed, filtered.quarantine) | "Quarantine" >> beam.Flatten()
         return filtered.ok, quarantine
@@ -517,11 +589,7 @@ def balance_record(rec_and_matched: tuple[dict, list[int]], probs: np.ndarray, e
     rec, matched = rec_and_matched
     keep, reason = metaclip.balance_decision(rec["id"], matched, probs, version=version)
     out = dict(rec, metaclip_entries=[entries[i] for i in matched])
-    Metrics.counter(TRACK, "balance_kept" if keep else f"balance_drop_{reason}").inc()
-    if keep:
-        yield out
-    else:
-        yield beam.pvalue.TaggedOutput("quarantine", quarantined(out, "balance", reason))
+    yield accept(out, TRACK, "balance") if keep else reject(out, TRACK, "balance", reason)
 
 
 BALANCE_FIELDS = [("metaclip_entries", pa.list_(pa.string()))]
@@ -540,50 +608,55 @@ def _write_split(ok, bad, root: str, asset: str, partition: str, schema: pa.Sche
     bad | f"{label}WriteQuarantine" >> WriteManifest(quarantine_url(root, asset, partition), quarantine_schema(schema))
 
 
-def run_samples(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    def build(p):  # noqa: ANN001
-        ok, bad = p | "Ingest" >> IngestDrop(root, partition, settings)
-        _write_split(ok, bad, root, ASSET["samples"], partition, SAMPLE_SCHEMA)
-
-    return run_pipeline(argv, build, test_pipeline)
+# Per-drop stages: each declared once; ``run_<stage>(root, drops, settings)`` runs it over one drop or
+# many in ONE Beam job (a Dagster backfill of many drops is one job, with one model load per worker).
 
 
-def _per_partition(stage: str, upstream: str, fields, transform_factory):  # noqa: ANN001
-    """A per-drop stage: read the upstream manifest, apply a (ok, quarantine) transform, write both."""
-
-    def run_stage(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-        src = manifest_url(root, upstream, partition)
-        if not storage.exists(src):
-            raise FileNotFoundError(f"{stage}: upstream manifest missing: {src} (materialize {upstream} for {partition} first)")
-        schema = extend_schema(read_schema(src), fields)
-
-        def build(p):  # noqa: ANN001
-            ok, bad = _read(p, src, "Read") | stage.capitalize() >> transform_factory(root, settings)
-            _write_split(ok, bad, root, ASSET[stage], partition, schema)
-
-        return run_pipeline(argv, build, test_pipeline)
-
-    return run_stage
+def _samples_schema(root: str, partitions: Sequence[str]) -> pa.Schema:
+    return SAMPLE_SCHEMA
 
 
-run_phash = _per_partition("phash", ASSET["samples"], PHASH_FIELDS, lambda root, s: ComputePHash(s))
-run_quality = _per_partition("quality", ASSET["neardup"], QUALITY_FIELDS, lambda root, s: _Quality(s.caption))
+SAMPLES = Stage(TRACK, "samples", ASSET["samples"], None, (), lambda root, s: Split("Inspect", InspectSample(root, s)),
+                source=drop_references, schema=_samples_schema)
+PHASH = Stage(TRACK, "phash", ASSET["phash"], ASSET["samples"], tuple(PHASH_FIELDS), lambda root, s: ComputePHash(s))
 
 
-class _Quality(beam.PTransform):
-    def __init__(self, config: text_quality.CaptionQualityConfig) -> None:
-        super().__init__()
-        self.config = config
-
-    def expand(self, records):
-        return split_dofn(records, "Check", CaptionQuality(self.config))
+QUALITY = Stage(TRACK, "quality", ASSET["quality"], ASSET["neardup"], tuple(QUALITY_FIELDS),
+                lambda root, s: Split("Check", CaptionQuality(s.caption)))
 
 
-def run_clip(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
+def clip_model_paths(root: str, settings: ImageTextSettings) -> tuple[str, str | None]:
+    """(open_clip model, checkpoint) with relative local paths resolved under the root."""
     model = settings.resolve(root, settings.clip_model) if settings.clip_model.startswith("local-dir:") else settings.clip_model
     pretrained = settings.resolve(root, settings.clip_pretrained) if settings.clip_pretrained else None
-    return _per_partition("clip", ASSET["quality"], CLIP_FIELDS, lambda r, s: ClipScoreFilter(s, model, pretrained))(
-        root, partition, settings, argv, test_pipeline)
+    return model, pretrained
+
+
+def _clip_plan(root: str, partitions: Sequence[str], settings: ImageTextSettings) -> dict:
+    thresholds = {}
+    for part in partitions:
+        url = clip_threshold_url(root, part)
+        thresholds[part] = storage.read_json(url)["threshold"] if storage.exists(url) else None
+    model, pretrained = clip_model_paths(root, settings)
+    cfg = settings.clip_filter
+    return {"model": model, "pretrained": pretrained, "keep_top_fraction": cfg.keep_top_fraction,
+            "min_score": cfg.min_score, "thresholds": thresholds}
+
+
+CLIP = Stage(TRACK, "clip", ASSET["clip"], ASSET["quality"], tuple(CLIP_FIELDS),
+             lambda root, s: ClipScoreFilter(s, *clip_model_paths(root, s), root=root), plan=_clip_plan)
+
+
+run_samples = SAMPLES.runner("Ingest + header validation of the given drops.")
+
+
+run_phash = PHASH.runner("pHash of every valid image of the given drops.")
+
+
+run_quality = QUALITY.runner("Caption quality filters on the near-dup survivors of the given drops.")
+
+
+run_clip = CLIP.runner("CLIP scores and the per-drop threshold; ``plan['thresholds']`` holds the threshold each drop got.")
 
 
 def run_fingerprints(root: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None,
@@ -616,52 +689,38 @@ def run_neardup(root: str, partitions: Sequence[str], settings: ImageTextSetting
     bench_url = manifest_url(root, ASSET["fingerprints"], CORPUS)
     n_estimate = sum(_row_count(s) for s in srcs)
     k, bk = settings.hamming_k, settings.benchmark_k
+    plan = neardup_plan(n_estimate, k)
+    has_bench = storage.exists(bench_url)
+    bench_plan = dedup.search_plan(n_estimate, bk, n_queries=_row_count(bench_url)) if has_bench else None
 
     def build(p):  # noqa: ANN001
         reads = [_read(p, s, f"Read{i}") for i, s in enumerate(srcs)]
         records = reads | "Corpus" >> beam.Flatten()
-        exact = (
-            records
-            | "BySha" >> beam.Map(lambda r: (r["sha256"], r))
-            | "GroupSha" >> beam.GroupByKey()
-            | "ExactDedup" >> beam.FlatMap(exact_dedup).with_outputs("exact", main="unique")
-        )
+        by_sha = records | "BySha" >> beam.Map(lambda r: (r["sha256"], r))
+        reps = by_sha | "ExactRepresentatives" >> beam.CombinePerKey(ExactRepresentative())
+        exact = ({"records": by_sha, "rep": reps} | "GroupSha" >> beam.CoGroupByKey()
+                 | "ExactDedup" >> beam.FlatMap(exact_decisions).with_outputs("exact", main="unique"))
         unique = exact.unique
-        pairs = unique | "NearPairs" >> NearDupPairs(k, n_estimate, settings.neardup_engine)
-        if storage.exists(bench_url):
-            bench = _read(p, bench_url, "ReadBench") | "MarkBench" >> beam.Map(lambda r: dict(r, _bench=True))
-            both = (unique, bench) | "WithBench" >> beam.Flatten()
-            bench_pairs = (
-                both
-                | "BenchPairs" >> NearDupPairs(bk, n_estimate, settings.neardup_engine, query_prefix="bench:")
-                | "OnlyBench" >> beam.Filter(lambda e: e[0].startswith("bench:") != e[1].startswith("bench:"))
-            )
+        # The distributed dedup (pipelines/dedup.py): edges, components of the edges alone, one
+        # decision per component from slim attributes, joined back to the records by id.
+        hashes = unique | "Hashes" >> beam.Map(lambda r: (r["id"], dedup.to_int64(r["phash"])))
+        pairs = hashes | "NearPairs" >> dedup.HammingEdges(k, plan)
+        parts_in = {"nodes": unique | "Ranks" >> beam.Map(lambda r: (r["id"], image_dedup.precedence(r))), "edges": pairs}
+        if has_bench:
+            bench = _read(p, bench_url, "ReadBench") | "BenchHashes" >> beam.Map(lambda r: (r["id"], dedup.to_int64(r["phash"])))
+            hits = (hashes, bench) | "BenchHits" >> dedup.NearestReference(bk, bench_plan)
+            parts_in["bench"] = hits
+            bench_pairs = hits | "BenchEdges" >> beam.MapTuple(lambda i, hit: (min(i, hit[0]), max(i, hit[0]), hit[1]))
         else:
             bench_pairs = p | "NoBench" >> beam.Create([])
-
-        def decide(nodes, edges, bedges):  # noqa: ANN001
-            hits = image_dedup.benchmark_hits(bedges, lambda i: i.startswith("bench:"))
-            nodes = sorted(nodes, key=lambda r: r["id"])
-            return image_dedup.resolve_clusters(nodes, sorted(edges), hits)
-
-        decided = (
-            p
-            | "One" >> beam.Create([None])
-            | "Decide" >> beam.FlatMap(
-                lambda _, nodes, edges, bedges: decide(nodes, edges, bedges),
-                beam.pvalue.AsList(unique), beam.pvalue.AsList(pairs), beam.pvalue.AsList(bench_pairs))
-        )
-        allrecs = (decided, exact.exact) | "AllDecisions" >> beam.Flatten()
-        for part in partitions:
-            mine = allrecs | f"Of_{part}" >> beam.Filter(lambda r, part=part: r["partition"] == part)
-            kept = mine | f"Kept_{part}" >> beam.Filter(lambda r: r["_decision"] == "keep")
-            dropped = (
-                mine
-                | f"Dropped_{part}" >> beam.Filter(lambda r: r["_decision"] != "keep")
-                | f"Q_{part}" >> beam.Map(lambda r: quarantined(r, "neardup", r["_decision"], f"duplicate of {r['dup_of']} (hamming {r['hamming']})"))
-            )
-            kept | f"WriteManifest_{part}" >> WriteManifest(manifest_url(root, ASSET["neardup"], part), schema)
-            dropped | f"WriteQuarantine_{part}" >> WriteManifest(quarantine_url(root, ASSET["neardup"], part), quarantine_schema(qschema))
+        decisions = (parts_in | "Clusters" >> dedup.GroupComponents(with_distance=True)
+                     | "Decide" >> beam.FlatMap(_decide_component))
+        decided = ({"record": unique | "ById" >> beam.Map(lambda r: (r["id"], r)), "decision": decisions}
+                   | "JoinDecisions" >> dedup.JoinById())
+        routed = ((decided, exact.exact) | "AllDecisions" >> beam.Flatten()
+                  | "Route" >> beam.FlatMap(_route_decision).with_outputs("quarantine", main="ok"))
+        write_per_partition(routed.ok, routed.quarantine, root, ASSET["neardup"], partitions, schema,
+                            qschema=quarantine_schema(qschema))
         pair_schema = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("hamming", pa.int32()), ("kind", pa.string())])
         tagged = (
             (pairs | "TagNear" >> beam.Map(lambda e: {"id_a": e[0], "id_b": e[1], "hamming": e[2], "kind": "near"}),
@@ -670,7 +729,20 @@ def run_neardup(root: str, partitions: Sequence[str], settings: ImageTextSetting
         )
         tagged | "WritePairs" >> WriteManifest(manifest_url(root, ASSET["neardup"], "_pairs"), pair_schema)
 
-    return run_pipeline(argv, build, test_pipeline)
+    result = run_pipeline(argv, build, test_pipeline)
+    parts = tuple(partitions)
+    return StageResult(TRACK, "neardup", ASSET["neardup"], parts, {q: manifest_url(root, ASSET["neardup"], q) for q in parts},
+                       {q: quarantine_url(root, ASSET["neardup"], q) for q in parts}, counters(result, TRACK),
+                       {"records": n_estimate, "hamming_k": k, "search_plan": plan.describe(), "benchmark_k": bk,
+                        "benchmark_plan": bench_plan.describe() if bench_plan is not None else None})
+
+
+def _route_decision(r: dict):
+    """A record with its near-dup decision -> kept, or quarantined with the decision as the reason."""
+    if r["_decision"] == "keep":
+        yield accept(r, TRACK, "neardup")
+    else:
+        yield reject(r, TRACK, "neardup", r["_decision"], f"duplicate of {r['dup_of']} (hamming {r['hamming']})")
 
 
 def run_metaclip_counts(root: str, partitions: Sequence[str], settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
@@ -709,45 +781,60 @@ def metaclip_threshold(root: str, settings: ImageTextSettings) -> tuple[int, int
     return (settings.metaclip_t if settings.metaclip_t is not None else metaclip.auto_threshold(n)), n
 
 
-def run_balance(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    src = manifest_url(root, ASSET["clip"], partition)
-    counts_url = manifest_url(root, ASSET["metaclip_counts"], CORPUS)
-    if not storage.exists(counts_url):
-        raise FileNotFoundError(f"balance: entry counts missing: {counts_url} (materialize metaclip_entry_counts first)")
-    metadata_path = settings.resolve(root, settings.metadata_path)
-    entries = metaclip.load_metadata(metadata_path)
-    counts = np.zeros(len(entries), dtype=np.int64)
-    for row in storage.read_records(counts_url):
-        counts[row["entry_index"]] = row["count"]
-    t, _ = metaclip_threshold(root, settings)
-    probs = metaclip.entry_probabilities(counts, t)
-    schema = extend_schema(read_schema(src), BALANCE_FIELDS)
+class Balance(beam.PTransform):
+    """MetaCLIP balancing against the corpus entry counts (a per-entry array: small, never per record)."""
 
-    def build(p):  # noqa: ANN001
-        r = (
-            _read(p, src, "Read")
-            | "Match" >> beam.ParDo(MatchEntries(metadata_path))
-            | "Balance" >> beam.FlatMap(balance_record, probs, entries, settings.metaclip_version).with_outputs("quarantine", main="ok")
-        )
-        _write_split(r.ok, r.quarantine, root, ASSET["balance"], partition, schema)
+    def __init__(self, root: str, settings: ImageTextSettings) -> None:
+        super().__init__()
+        counts_url = manifest_url(root, ASSET["metaclip_counts"], CORPUS)
+        if not storage.exists(counts_url):
+            raise FileNotFoundError(f"balance: entry counts missing: {counts_url} (materialize metaclip_entry_counts first)")
+        self.metadata_path = settings.resolve(root, settings.metadata_path)
+        self.entries = metaclip.load_metadata(self.metadata_path)
+        counts = np.zeros(len(self.entries), dtype=np.int64)
+        for row in storage.read_records(counts_url):
+            counts[row["entry_index"]] = row["count"]
+        t, _ = metaclip_threshold(root, settings)
+        self.probs = metaclip.entry_probabilities(counts, t)
+        self.version = settings.metaclip_version
 
-    return run_pipeline(argv, build, test_pipeline)
+    def expand(self, records):
+        r = (records
+             | "Match" >> beam.ParDo(MatchEntries(self.metadata_path))
+             | "Decide" >> beam.FlatMap(balance_record, self.probs, self.entries, self.version).with_outputs("quarantine", main="ok"))
+        return r.ok, r.quarantine
+
+
+def _balance_plan(root: str, partitions: Sequence[str], settings: ImageTextSettings) -> dict:
+    t, n = metaclip_threshold(root, settings)
+    return {"t": int(t), "n_texts": n, "version": settings.metaclip_version}
+
+
+BALANCE = Stage(TRACK, "balance", ASSET["balance"], ASSET["clip"], tuple(BALANCE_FIELDS), lambda root, s: Balance(root, s),
+                plan=_balance_plan)
+
+
+run_balance = BALANCE.runner("MetaCLIP balancing of the given drops (needs metaclip_entry_counts of the whole corpus).")
 
 
 RECAPTION_FIELDS = [("recaption", pa.string()), ("recaption_status", pa.string()), ("recaption_model", pa.string()),
                     ("recaption_consistency", pa.float32())]
 
 
-def recaption_request(rec: dict, fetch_limits: ingest.FetchLimits) -> generation.GenerationRequest:
-    """The VLM request for one record: its image and its original caption as the prior."""
+def recaption_request(rec: dict, fetch_limits: ingest.FetchLimits) -> tuple[dict, generation.GenerationRequest]:
+    """(record, the VLM request for it: its image and its original caption as the prior). The record
+    rides along as the key of a KeyedModelHandler, so the answer needs no join."""
     image = ingest.load_bytes(rec, fetch_limits)
-    return generation.GenerationRequest(messages=recaption_ops.messages_for(rec["caption"] or "", image), request_id=rec["id"])
+    return rec, generation.GenerationRequest(messages=recaption_ops.messages_for(rec["caption"] or "", image), request_id=rec["id"])
 
 
-def attach_recaption(pr, records: dict, config: recaption_ops.RecaptionConfig) -> dict:  # noqa: ANN001
-    """Record + re-caption columns: the new caption when it passes the checks, else its reason."""
+def attach_recaption(keyed, config: recaption_ops.RecaptionConfig) -> dict:  # noqa: ANN001
+    """Record + re-caption columns: the new caption when it passes the checks, else its reason.
+
+    Not a drop: a rejected re-caption keeps the record with its original caption, counted as
+    ``recaption_rejected_<reason>``."""
+    rec, pr = keyed
     result: generation.GenerationResult = pr.inference
-    rec = records[result.request_id]
     comp = result.completions[0] if result.completions else None
     text = recaption_ops.clean(comp.text) if comp else ""
     verdict = recaption_ops.check_recaption(rec["caption"] or "", text, comp.finish_reason if comp else None, config,
@@ -758,28 +845,53 @@ def attach_recaption(pr, records: dict, config: recaption_ops.RecaptionConfig) -
                 recaption_model=result.model, recaption_consistency=cons)
 
 
-def run_recaption(root: str, partition: str, settings: ImageTextSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    """Altogether-style re-captioning of every balanced record (nothing is dropped here)."""
-    src = manifest_url(root, ASSET["balance"], partition)
-    if not storage.exists(src):
-        raise FileNotFoundError(f"recaption: {src} missing (materialize metaclip_balanced for {partition} first)")
-    spec = resolve_spec(root, settings.recaption_engine)
-    schema = extend_schema(read_schema(src), RECAPTION_FIELDS)
-    handler = GenerationModelHandler(spec, settings.recaption_sampling, max_batch_size=32)
+class Recaption(beam.PTransform):
+    """Altogether-style re-captioning through RunInference: one engine per worker for all drops."""
 
-    def build(p):  # noqa: ANN001
-        records = p | "Read" >> beam.io.ReadFromParquet(src)
-        by_id = records | "ById" >> beam.Map(lambda r: (r["id"], r))
-        results = (records | "Requests" >> beam.Map(recaption_request, settings.fetch_limits)
-                   | "Generate" >> RunInference(handler))
-        out = results | "Attach" >> beam.Map(attach_recaption, beam.pvalue.AsDict(by_id), settings.recaption)
-        out | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["recaption"], partition), schema)
+    def __init__(self, root: str, settings: ImageTextSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.handler = KeyedModelHandler(GenerationModelHandler(resolve_spec(root, settings.recaption_engine),
+                                                                settings.recaption_sampling, max_batch_size=32))
 
-    return run_pipeline(argv, build, test_pipeline)
+    def expand(self, records):
+        s = self.settings
+        requests, dead = records | "Requests" >> beam.Map(recaption_request, s.fetch_limits).with_exception_handling()
+        unreadable = dead | "Unreadable" >> beam.FlatMap(dead_letter_to_quarantine("recaption"))
+        out = requests | "Generate" >> RunInference(self.handler) | "Attach" >> beam.Map(attach_recaption, s.recaption)
+        return out, unreadable
 
 
-def _sample_for_shard(rec: dict, fetch_limits: ingest.FetchLimits) -> shards.Sample:
-    data = ingest.load_bytes(rec, fetch_limits)
+RECAPTION = Stage(TRACK, "recaption", ASSET["recaption"], ASSET["balance"], tuple(RECAPTION_FIELDS),
+                  lambda root, s: Recaption(root, s),
+                  plan=lambda root, parts, s: {"engine": s.recaption_engine.kind, "model": resolve_spec(root, s.recaption_engine).model})
+
+
+run_recaption = RECAPTION.runner("""Re-caption every balanced record of the given drops (a record is dropped only if its image
+    cannot be read any more; a rejected re-caption keeps the original).""")
+
+
+def _sample_for_shard(rec: dict, fetch_limits: ingest.FetchLimits) -> shards.Sample | shards.Failure:
+    """The shard sample of a record, its image loaded from the reference; a Failure (counted by reason in
+    the shard's stats) when the bytes cannot be read."""
+    try:
+        data = ingest.load_bytes(rec, fetch_limits)
+    except ingest.FetchError as e:
+        return shards.Failure(rec["id"], e.reason)
+    except FileNotFoundError:
+        return shards.Failure(rec["id"], "file_not_found")
+    except OSError:
+        return shards.Failure(rec["id"], "read_error")
+    return _shard_sample(rec, data)
+
+
+def _shard_sample_bytes(rec: dict) -> int:
+    """Tar bytes of a record's sample, the image counted from the manifest's n_bytes (not loaded)."""
+    n_image = rec.get("n_bytes") or rec.get("byte_size") or 0
+    return shards.sample_bytes(_shard_sample(rec, b"")) - shards.member_bytes(0) + shards.member_bytes(int(n_image))
+
+
+def _shard_sample(rec: dict, data: bytes) -> shards.Sample:
     ext = {"jpeg": "jpg", "tiff": "tif"}.get(rec["format"], rec["format"])
     meta = {
         "id": rec["id"], "caption": rec["caption"], "source_key": rec["source_key"], "partition": rec["partition"],
@@ -821,18 +933,21 @@ def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings
     out_url = storage.join(root, "shards", settings.dataset, version)
     lineage = {"inputs": [{"manifest": s, "sha256": hashlib.sha256(storage.read_bytes(s)).hexdigest()} for s in srcs],
                "upstream_asset": upstream}
-    records = sorted((r for s in srcs for r in storage.read_records(s)), key=lambda r: r["id"])
-    index = shards.write_shards(
-        (_sample_for_shard(r, settings.fetch_limits) for r in records),
-        out_url,
-        samples_per_shard=settings.samples_per_shard,
-        max_shard_bytes=settings.max_shard_bytes,
-        dataset_name=settings.dataset,
-        lineage=lineage,
-        metadata_schema=SHARD_METADATA_SCHEMA,
-    )
-    shards.publish_latest(root, settings.dataset, version, out_url)
-    return index
+    import functools
+
+    from pipelines.shards import ShardSource, WriteShards, read_manifests
+
+    source = ShardSource(functools.partial(_sample_for_shard, fetch_limits=settings.fetch_limits), size=_shard_sample_bytes)
+
+    def build(p):  # noqa: ANN001
+        # one writer per shard loads its images; the records travel as references until then
+        (read_manifests(p, srcs)
+         | "Shards" >> WriteShards(out_url, dataset_name=settings.dataset, metadata_schema=SHARD_METADATA_SCHEMA,
+                                   source=source, lineage=lineage, samples_per_shard=settings.samples_per_shard,
+                                   max_shard_bytes=settings.max_shard_bytes, publish_root=root))
+
+    run_pipeline(argv, build, test_pipeline)
+    return shards.read_index(out_url)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -901,16 +1016,16 @@ def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa:
         if stage in ("samples", "phash", "quality", "clip", "balance", "recaption"):
             fn = {"samples": run_samples, "phash": run_phash, "quality": run_quality, "clip": run_clip, "balance": run_balance,
                   "recaption": run_recaption}[stage]
-            for part in partitions:
-                fn(args.root, part, settings, beam_argv)
+            result = fn(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)  # every drop in one Beam job
+            logging.info("stage %s: %s", stage, json.dumps(dict(result.counters), sort_keys=True))
         elif stage == "fingerprints":
-            run_fingerprints(args.root, settings, beam_argv)
+            run_fingerprints(args.root, settings, beam_argv, test_pipeline=test_pipeline)
         elif stage == "neardup":
-            run_neardup(args.root, partitions, settings, beam_argv)
+            run_neardup(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
         elif stage == "metaclip_counts":
-            run_metaclip_counts(args.root, partitions, settings, beam_argv)
+            run_metaclip_counts(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
         elif stage == "shards":
-            index = run_shards(args.root, partitions, settings, argv=beam_argv)
+            index = run_shards(args.root, partitions, settings, argv=beam_argv, test_pipeline=test_pipeline)
             print(json.dumps({"url": index.url, "samples": index.num_samples, "shards": len(index.shards),
                               "bytes": index.total_bytes}, indent=2))
 

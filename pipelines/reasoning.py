@@ -23,18 +23,23 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from curation import generation, reasoning, shards, storage
 from pipelines.common import (
+    Stage,
+    StageResult,
     WriteManifest,
+    accept,
     cli_plan,
     content_version,
+    counters,
     landing_drops,
     manifest_url,
     quarantine_schema,
     quarantine_url,
     quarantined,
+    reject,
     run_pipeline,
     split_dofn,
     track_cli,
@@ -123,42 +128,50 @@ def benchmark_texts(root: str) -> dict[str, str]:
 class CheckPrompt(beam.DoFn):
     """Gold verifiability and benchmark contamination, with reasons."""
 
-    def __init__(self, partition: str, bench: dict[str, str], n: int) -> None:
-        self.partition, self.bench, self.n = partition, bench, n
+    def __init__(self, bench: dict[str, str], n: int) -> None:
+        self.bench, self.n = bench, n
         self.decon: reasoning.NGramDecontaminator | None = None
 
     def setup(self) -> None:
         self.decon = reasoning.NGramDecontaminator(self.bench, n=self.n) if self.bench else None
 
     def process(self, rec: dict):
-        rec = dict(rec, partition=self.partition, choices=rec.get("choices") or [], images=rec.get("images") or [])
+        rec = dict(rec, choices=rec.get("choices") or [], images=rec.get("images") or [])
         verdict = reasoning.classify_gold(rec.get("gold"), rec.get("choices") or None)
         if not verdict.keep:
-            Metrics.counter(TRACK, f"prompt_drop_{verdict.reason}").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "prompts", verdict.reason))
+            yield reject(rec, TRACK, "prompts", verdict.reason)
             return
         if self.decon is not None:
             hit, bench_id = self.decon.is_contaminated(rec["question"] or "")
             if hit:
-                Metrics.counter(TRACK, "prompt_drop_benchmark_contamination").inc()
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "prompts", "benchmark_contamination",
-                                                                          f"overlaps {bench_id}"))
+                yield reject(rec, TRACK, "prompts", "benchmark_contamination", f"overlaps {bench_id}")
                 return
-        Metrics.counter(TRACK, "prompts_ok").inc()
-        yield rec
+        yield accept(rec, TRACK, "prompts")
 
 
-def run_prompts(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    urls = _inputs(root, partition)
-    bench = benchmark_texts(root)
+def prompt_rows(p, root: str, partitions: Sequence[str], settings: ReasoningSettings):  # noqa: ANN001
+    """The prompt rows of every given drop, each tagged with its drop."""
+    per_drop = []
+    for i, part in enumerate(partitions):
+        per_drop.append(p | f"Inputs[{i}]" >> beam.Create(_inputs(root, part)) | f"Load[{i}]" >> beam.FlatMap(reasoning.load_prompts)
+                        | f"Tag[{i}]" >> beam.Map(lambda r, part=part: dict(r, partition=part)))
+    return per_drop | "AllDrops" >> beam.Flatten()
 
-    def build(p):  # noqa: ANN001
-        recs = p | "Inputs" >> beam.Create(urls) | "Load" >> beam.FlatMap(reasoning.load_prompts)
-        ok, bad = split_dofn(recs, "Check", CheckPrompt(partition, bench, settings.decontamination_n))
-        ok | "WriteManifest" >> WriteManifest(manifest_url(root, "reasoning_prompts", partition), PROMPT_SCHEMA)
-        bad | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "reasoning_prompts", partition), quarantine_schema(PROMPT_SCHEMA))
 
-    return run_pipeline(argv, build, test_pipeline)
+class CheckPrompts(beam.PTransform):
+    def __init__(self, root: str, settings: ReasoningSettings) -> None:
+        super().__init__()
+        self.bench, self.n = benchmark_texts(root), settings.decontamination_n
+
+    def expand(self, recs):
+        return split_dofn(recs, "Check", CheckPrompt(self.bench, self.n))
+
+
+PROMPTS = Stage(TRACK, "prompts", "reasoning_prompts", None, (), lambda root, s: CheckPrompts(root, s), source=prompt_rows,
+                schema=lambda root, parts: PROMPT_SCHEMA)
+
+
+run_prompts = PROMPTS.runner("Prompts of the given drops with verifiable gold answers, benchmark-decontaminated.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,33 +201,43 @@ def candidate_rows(result: generation.GenerationResult, partition: str) -> Itera
                "cached": result.cached, "error": None}
 
 
-def run_candidates(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    src = manifest_url(root, "reasoning_prompts", partition)
-    if not storage.exists(src):
-        raise FileNotFoundError(f"candidates: {src} missing (materialize reasoning_prompts for {partition} first)")
-    text_spec = resolve_spec(root, settings.engine)
-    vision_spec = resolve_spec(root, settings.vision_engine) if settings.vision_engine else None
-    system = settings.system_prompt
+class Candidates(beam.PTransform):
+    """n samples per prompt: text prompts to the reasoning LLM, image prompts to the VLM (one engine of
+    each per worker, whatever the number of drops); the drop rides along as the inference key."""
 
-    def build(p):  # noqa: ANN001
-        prompts = p | "Read" >> beam.io.ReadFromParquet(src)
+    def __init__(self, root: str, settings: ReasoningSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.text_spec = resolve_spec(root, settings.engine)
+        self.vision_spec = resolve_spec(root, settings.vision_engine) if settings.vision_engine else None
+
+    def expand(self, prompts):
+        s, system = self.settings, self.settings.system_prompt
         routed = prompts | "Route" >> beam.Partition(lambda r, _n: 1 if r.get("images") else 0, 2)
         texts, visuals = routed[0], routed[1]
-        outs = [texts | "TextRequests" >> beam.Map(to_request, system)
-                | "TextGenerate" >> RunInference(GenerationModelHandler(text_spec, settings.sampling))]
-        if vision_spec is not None:
-            outs.append(visuals | "VisionRequests" >> beam.Map(to_request, system)
-                        | "VisionGenerate" >> RunInference(GenerationModelHandler(vision_spec, settings.sampling)))
-            skipped = p | "NoSkipped" >> beam.Create([])
+        keyed = lambda r: (r["partition"], to_request(r, system))  # noqa: E731
+        outs = [texts | "TextRequests" >> beam.Map(keyed)
+                | "TextGenerate" >> RunInference(KeyedModelHandler(GenerationModelHandler(self.text_spec, s.sampling)))]
+        if self.vision_spec is not None:
+            outs.append(visuals | "VisionRequests" >> beam.Map(keyed)
+                        | "VisionGenerate" >> RunInference(KeyedModelHandler(GenerationModelHandler(self.vision_spec, s.sampling))))
+            skipped = prompts.pipeline | "NoSkipped" >> beam.Create([])
         else:
-            skipped = visuals | "NoVLM" >> beam.Map(lambda r: quarantined(
-                {"id": f"{r['id']}:0", "prompt_id": r["id"], "partition": r["partition"]}, "candidates", "no_vision_engine"))
+            skipped = visuals | "NoVLM" >> beam.Map(lambda r: reject(
+                {"id": f"{r['id']}:0", "prompt_id": r["id"], "partition": r["partition"]}, TRACK, "candidates",
+                "no_vision_engine").value)
         rows = (outs | "AllResults" >> beam.Flatten()
-                | "Rows" >> beam.FlatMap(lambda pr: candidate_rows(pr.inference, partition)))
-        rows | "WriteManifest" >> WriteManifest(manifest_url(root, "cot_candidates", partition), CANDIDATE_SCHEMA)
-        skipped | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "cot_candidates", partition), quarantine_schema(CANDIDATE_SCHEMA))
+                | "Rows" >> beam.FlatMap(lambda kv: candidate_rows(kv[1].inference, kv[0])))
+        return rows, skipped
 
-    return run_pipeline(argv, build, test_pipeline)
+
+CANDIDATES = Stage(TRACK, "candidates", "cot_candidates", "reasoning_prompts", (), lambda root, s: Candidates(root, s),
+                   schema=lambda root, parts: CANDIDATE_SCHEMA,
+                   plan=lambda root, parts, s: {"engine": s.engine.kind, "model": resolve_spec(root, s.engine).model,
+                                                "n": s.sampling.n})
+
+
+run_candidates = CANDIDATES.runner("Candidate solutions for every prompt of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,13 +268,13 @@ class VerifyPrompts(beam.DoFn):
             prompts, cands = list(grouped["prompt"]), sorted(grouped["candidates"], key=lambda c: c["sample_index"])
             if not prompts:
                 for c in cands:
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(c, "verified", "unknown_prompt"))
+                    yield reject(c, TRACK, "verified", "unknown_prompt")
                 continue
             prompt = prompts[0]
             usable = [c for c in cands if not c.get("error")]
             for c in cands:
                 if c.get("error"):
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(c, "verified", "generation_error", c["error"]))
+                    yield reject(c, TRACK, "verified", "generation_error", c["error"])
             answers = [reasoning.extract_answer(c["text"] or "", require_think=s.cot.require_think,
                                                 choices=prompt.get("choices") or None) for c in usable]
             groups.append((prompt, usable, answers, len(pairs)))
@@ -269,69 +292,112 @@ class VerifyPrompts(beam.DoFn):
             for i, (c, a) in enumerate(zip(usable, answers)):
                 row = dict(c, answer=a, gold=prompt["gold"], pass_rate=stats.pass_rate)
                 if i in stats.accepted:
-                    Metrics.counter(TRACK, "samples_accepted").inc()
                     sft = reasoning.to_sft_sample(prompt, c["text"], system=s.system_prompt)
-                    yield dict(row, sft_sample=json.dumps(sft, ensure_ascii=False, sort_keys=True))
+                    yield accept(dict(row, sft_sample=json.dumps(sft, ensure_ascii=False, sort_keys=True)), TRACK, "verified")
                 else:
-                    reason = stats.rejected.get(i, "rejected")
-                    Metrics.counter(TRACK, f"sample_drop_{reason}").inc()
-                    yield beam.pvalue.TaggedOutput("quarantine", quarantined(row, "verified", reason))
+                    yield reject(row, TRACK, "verified", stats.rejected.get(i, "rejected"))
 
 
-def run_verified(root: str, partition: str, settings: ReasoningSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    psrc, csrc = manifest_url(root, "reasoning_prompts", partition), manifest_url(root, "cot_candidates", partition)
-    for src in (psrc, csrc):
+def prompts_with_candidates(p, root: str, partitions: Sequence[str], settings: ReasoningSettings):  # noqa: ANN001
+    """(key, {prompt, candidates}) per prompt of the given drops, joined by (drop, prompt id), batched."""
+    srcs = [(manifest_url(root, "reasoning_prompts", part), manifest_url(root, "cot_candidates", part)) for part in partitions]
+    for src in (u for pair in srcs for u in pair):
         if not storage.exists(src):
             raise FileNotFoundError(f"verified: {src} missing")
+    prompts = ([p | f"ReadPrompts[{i}]" >> beam.io.ReadFromParquet(ps) for i, (ps, _) in enumerate(srcs)]
+               | "AllPrompts" >> beam.Flatten() | "KeyPrompts" >> beam.Map(lambda r: ((r["partition"], r["id"]), r)))
+    cands = ([p | f"ReadCandidates[{i}]" >> beam.io.ReadFromParquet(cs) for i, (_, cs) in enumerate(srcs)]
+             | "AllCandidates" >> beam.Flatten() | "KeyCands" >> beam.Map(lambda r: ((r["partition"], r["prompt_id"]), r)))
+    return ({"prompt": prompts, "candidates": cands} | "Join" >> beam.CoGroupByKey()
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=64))
 
-    def build(p):  # noqa: ANN001
-        prompts = p | "ReadPrompts" >> beam.io.ReadFromParquet(psrc) | "KeyPrompts" >> beam.Map(lambda r: (r["id"], r))
-        cands = p | "ReadCandidates" >> beam.io.ReadFromParquet(csrc) | "KeyCands" >> beam.Map(lambda r: (r["prompt_id"], r))
-        grouped = ({"prompt": prompts, "candidates": cands} | "Join" >> beam.CoGroupByKey()
-                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=64))
-        r = grouped | "Verify" >> beam.ParDo(VerifyPrompts(settings)).with_outputs("quarantine", "stats", main="ok")
-        r.ok | "WriteManifest" >> WriteManifest(manifest_url(root, "cot_verified", partition), VERIFIED_SCHEMA)
-        r.stats | "WriteStats" >> WriteManifest(manifest_url(root, "cot_prompt_stats", partition), STATS_SCHEMA)
-        r.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, "cot_verified", partition), quarantine_schema(VERIFIED_SCHEMA))
 
-    return run_pipeline(argv, build, test_pipeline)
+class Verify(beam.PTransform):
+    def __init__(self, settings: ReasoningSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, grouped):
+        r = grouped | "Verify" >> beam.ParDo(VerifyPrompts(self.settings)).with_outputs("quarantine", "stats", main="ok")
+        return r.ok, r.quarantine, {"cot_prompt_stats": (r.stats, STATS_SCHEMA)}
+
+
+VERIFIED = Stage(TRACK, "verified", "cot_verified", None, (), lambda root, s: Verify(s), source=prompts_with_candidates,
+                 schema=lambda root, parts: VERIFIED_SCHEMA)
+
+
+run_verified = VERIFIED.runner("Rejection sampling over the candidates of the given drops; per-prompt pass rates to cot_prompt_stats.")
 
 
 # ----------------------------------------------------------------------------------------------
 # corpus stages
 
 
-def run_sft_shards(root: str, partitions: Sequence[str], settings: ReasoningSettings) -> shards.ShardIndex:
-    """Accepted samples as chat-format SFT shards (key = sample id; json + txt of the messages)."""
+SFT_SHARD_SCHEMA = pa.schema([("prompt_id", pa.string()), ("pass_rate", pa.float32()), ("model", pa.string()),
+                              ("answer", pa.string()), ("gold", pa.string())])
+
+
+def _sft_shard_sample(r: dict) -> shards.Sample:
+    return shards.Sample(key=r["id"], fields={"json": r["sft_sample"].encode()},
+                         metadata={"prompt_id": r["prompt_id"], "pass_rate": r["pass_rate"], "model": r["model"],
+                                   "answer": r["answer"], "gold": r["gold"]})
+
+
+def run_sft_shards(root: str, partitions: Sequence[str], settings: ReasoningSettings, argv: Sequence[str] = (),
+                   test_pipeline=None) -> shards.ShardIndex:  # noqa: ANN001
+    """Accepted samples as chat-format SFT shards (key = sample id; json + txt of the messages), written
+    by the Beam shard stage (pipelines/shards.py) under shards/<dataset>/<version>/ + LATEST.json."""
+    from pipelines.shards import ShardSource, WriteShards, read_manifests
+
     srcs = [manifest_url(root, "cot_verified", p) for p in partitions]
     version = content_version(srcs, settings.dataset, settings.samples_per_shard)
-    rows = sorted((r for s in srcs for r in storage.read_records(s)), key=lambda r: r["id"])
-    samples = (shards.Sample(key=r["id"], fields={"json": r["sft_sample"].encode()},
-                             metadata={"prompt_id": r["prompt_id"], "pass_rate": r["pass_rate"], "model": r["model"],
-                                       "answer": r["answer"], "gold": r["gold"]}) for r in rows)
-    schema = pa.schema([("prompt_id", pa.string()), ("pass_rate", pa.float32()), ("model", pa.string()),
-                        ("answer", pa.string()), ("gold", pa.string())])
-    return shards.write_dataset(samples, root, settings.dataset, version, lineage=shards.input_lineage(srcs),
-                                samples_per_shard=settings.samples_per_shard, metadata_schema=schema)
+    out_url = shards.shard_dir(root, settings.dataset, version)
+    lineage = shards.input_lineage(srcs)
+
+    def build(p):  # noqa: ANN001
+        (read_manifests(p, srcs)
+         | "SftShards" >> WriteShards(out_url, dataset_name=settings.dataset, metadata_schema=SFT_SHARD_SCHEMA,
+                                      source=ShardSource(_sft_shard_sample), lineage=lineage,
+                                      samples_per_shard=settings.samples_per_shard, publish_root=root))
+
+    run_pipeline(argv, build, test_pipeline)
+    return shards.read_index(out_url)
 
 
-def run_rl_pool(root: str, partitions: Sequence[str], settings: ReasoningSettings) -> list[dict]:
+def _pool_rows(kv: tuple) -> Iterable[dict]:
+    _key, g = kv
+    for st in g["stats"]:
+        for prompt in g["prompt"]:
+            Metrics.counter(TRACK, f"rl_pool_{st['pool']}").inc()
+            yield dict(prompt, pass_rate=st["pass_rate"], difficulty=st["difficulty"], pool=st["pool"])
+
+
+def run_rl_pool(root: str, partitions: Sequence[str], settings: ReasoningSettings, argv: Sequence[str] = (),
+                test_pipeline=None) -> dict[str, int]:  # noqa: ANN001
     """Every verified prompt with its pass rate and pool: 'rl', 'easy' (> easy_threshold: MiMo moves
-    those out of RL into a re-sampling pool) or 'unsolved' (pass rate 0: a hard prompt or a bad gold)."""
-    rows = []
-    for p in partitions:
-        stats = {r["prompt_id"]: r for r in storage.read_records(manifest_url(root, "cot_prompt_stats", p))}
-        for prompt in storage.read_records(manifest_url(root, "reasoning_prompts", p)):
-            st = stats.get(prompt["id"])
-            if st is None:
-                continue
-            rows.append(dict(prompt, pass_rate=st["pass_rate"], difficulty=st["difficulty"], pool=st["pool"]))
-    rows.sort(key=lambda r: r["id"])
-    storage.write_records(manifest_url(root, "rl_prompt_pool", CORPUS), rows, POOL_SCHEMA)
-    return rows
+    those out of RL into a re-sampling pool) or 'unsolved' (pass rate 0: a hard prompt or a bad gold).
+
+    Prompts and their stats are joined by (drop, prompt id) in Beam and written to
+    ``manifests/rl_prompt_pool/all.parquet`` (rows in any order: readers sort by id). Returns the
+    number of prompts per pool."""
+    srcs = [(manifest_url(root, "reasoning_prompts", part), manifest_url(root, "cot_prompt_stats", part)) for part in partitions]
+    for src in (u for pair in srcs for u in pair):
+        if not storage.exists(src):
+            raise FileNotFoundError(f"rl_pool: {src} missing")
+
+    def build(p):  # noqa: ANN001
+        prompts = ([p | f"ReadPrompts[{i}]" >> beam.io.ReadFromParquet(ps) for i, (ps, _) in enumerate(srcs)]
+                   | "AllPrompts" >> beam.Flatten() | "KeyPrompts" >> beam.Map(lambda r: ((r["partition"], r["id"]), r)))
+        stats = ([p | f"ReadStats[{i}]" >> beam.io.ReadFromParquet(st) for i, (_, st) in enumerate(srcs)]
+                 | "AllStats" >> beam.Flatten() | "KeyStats" >> beam.Map(lambda r: ((r["partition"], r["prompt_id"]), r)))
+        ({"prompt": prompts, "stats": stats} | "Join" >> beam.CoGroupByKey() | "Rows" >> beam.FlatMap(_pool_rows)
+         | "Write" >> WriteManifest(manifest_url(root, "rl_prompt_pool", CORPUS), POOL_SCHEMA))
+
+    found = counters(run_pipeline(argv, build, test_pipeline), TRACK)
+    return {k[len("rl_pool_"):]: v for k, v in found.items() if k.startswith("rl_pool_")}
 
 
-def run(argv: Sequence[str] | None = None) -> None:
+def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa: ANN001
     """Command-line entry point (the same functions Dagster's assets call)."""
     parser = track_cli("python -m pipelines.reasoning", __doc__, TRACK, STAGES)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "openai"])
@@ -352,14 +418,13 @@ def run(argv: Sequence[str] | None = None) -> None:
     for stage in stages:
         if stage in ("prompts", "candidates", "verified"):
             fn = {"prompts": run_prompts, "candidates": run_candidates, "verified": run_verified}[stage]
-            for part in partitions:
-                fn(args.root, part, settings, beam_argv)
+            fn(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)  # every drop in one Beam job
         elif stage == "sft_shards":
-            index = run_sft_shards(args.root, partitions, settings)
+            index = run_sft_shards(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
             print(json.dumps({"url": index.url, "samples": index.num_samples}))
         else:
-            rows = run_rl_pool(args.root, partitions, settings)
-            print(json.dumps({"prompts": len(rows)}))
+            pools = run_rl_pool(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
+            print(json.dumps({"prompts": sum(pools.values()), "pools": pools}))
 
 
 if __name__ == "__main__":

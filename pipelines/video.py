@@ -44,7 +44,12 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from curation import generation, shards, storage, video, video_captions
 from pipelines.common import (
+    KeepIds,
+    Split,
+    Stage,
+    StageResult,
     WriteManifest,
+    accept,
     cli_plan,
     content_version,
     format_exception,
@@ -53,10 +58,13 @@ from pipelines.common import (
     quarantine_schema,
     quarantine_url,
     quarantined,
+    read_manifests,
+    reject,
     run_pipeline,
     split_dofn,
     track_cli,
 )
+from pipelines import dedup
 from pipelines.generation import EngineSpec, GenerationModelHandler, resolve_spec
 
 TRACK = "video"
@@ -201,15 +209,12 @@ class ProbeVideo(beam.DoFn):
                     kfs = video.keyframe_times(path, timeout=s.limits.timeout_s)
                     rec.update(keyframes=kfs, keyframe_interval_s=(info.duration or 0.0) / max(1, len(kfs)))
             except video.VideoError as e:
-                Metrics.counter(TRACK, f"probe_drop_{e.reason}").inc()
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "probe", e.reason, str(e)))
+                yield reject(rec, TRACK, "probe", e.reason, str(e))
                 return
         if not info.ok:
-            Metrics.counter(TRACK, f"probe_drop_{info.reason}").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(rec, "probe", info.reason or "unreadable_video", info.error))
+            yield reject(rec, TRACK, "probe", info.reason or "unreadable_video", info.error)
             return
-        Metrics.counter(TRACK, "probe_ok").inc()
-        yield rec
+        yield accept(rec, TRACK, "probe")
 
 
 class FirstCopy(beam.DoFn):
@@ -220,24 +225,34 @@ class FirstCopy(beam.DoFn):
         first, *rest = sorted(recs, key=lambda r: r["name"])
         yield first
         for r in rest:
-            Metrics.counter(TRACK, "probe_drop_exact_duplicate").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(dict(r, dup_of=first["id"]), "probe", "exact_duplicate",
-                                                                      f"same bytes as {first['name']}"))
+            yield reject(dict(r, dup_of=first["id"]), TRACK, "probe", "exact_duplicate", f"same bytes as {first['name']}")
 
 
-def run_probe(root: str, partition: str, settings: VideoSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    items = drop_inputs(root, partition)
+def video_files(p, root: str, partitions: Sequence[str], settings: VideoSettings):  # noqa: ANN001
+    """The files of every given drop (sidecars left out), spread over workers."""
+    items = [f for part in partitions for f in drop_inputs(root, part)]
+    return p | "Files" >> beam.Create(items) | "Spread" >> beam.Reshuffle()
 
-    def build(p):  # noqa: ANN001
-        files = p | "Files" >> beam.Create(items) | "Spread" >> beam.Reshuffle()
-        ok, bad = split_dofn(files, "Probe", ProbeVideo(settings))
-        dedup = (ok | "ById" >> beam.Map(lambda r: (r["id"], r)) | "GroupById" >> beam.GroupByKey()
+
+class Probe(beam.PTransform):
+    """Probe each file; the same bytes twice in one drop keep the first copy by name."""
+
+    def __init__(self, settings: VideoSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, files):
+        ok, bad = split_dofn(files, "Probe", ProbeVideo(self.settings))
+        dedup = (ok | "ByDropAndId" >> beam.Map(lambda r: ((r["partition"], r["id"]), r)) | "GroupById" >> beam.GroupByKey()
                  | "FirstCopy" >> beam.ParDo(FirstCopy()).with_outputs("quarantine", main="ok"))
-        dedup.ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["probe"], partition), PROBE_SCHEMA)
-        ((bad, dedup.quarantine) | "AllDrops" >> beam.Flatten()
-         | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["probe"], partition), quarantine_schema(PROBE_SCHEMA)))
+        return dedup.ok, (bad, dedup.quarantine) | "AllDrops" >> beam.Flatten()
 
-    return run_pipeline(argv, build, test_pipeline)
+
+PROBE = Stage(TRACK, "probe", ASSET["probe"], None, (), lambda root, s: Probe(s), source=video_files,
+              schema=lambda root, parts: PROBE_SCHEMA)
+
+
+run_probe = PROBE.runner("Hash, probe and list keyframes of every file of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,54 +284,42 @@ def _cluster_row(rec: dict) -> dict:
     return {k: rec.get(k) for k in ("id", "partition", "source", "width", "height", "duration_s", "bit_rate")}
 
 
-def representative_key(row: dict) -> tuple:
-    """Sort key of the representative rule: largest pixel area, then highest bit rate (the least
-    compressed encode), then smallest id, partition and source (deterministic)."""
-    return (-(row["width"] or 0) * (row["height"] or 0), -(row["bit_rate"] or 0), row["id"], row["partition"], row["source"])
-
-
-def cluster_videos(rows: list[dict], k: int, min_matches: int | None) -> list[dict]:
-    """Rows with cluster (the representative's id), cluster_size, representative, dup_of and matches
-    (aligned frames within k of the representative's); see ``video.video_near_duplicates``."""
-    rows = sorted(rows, key=lambda r: (r["partition"], r["id"], r["source"]))
-    if not rows:
-        return []
-    res = video.video_near_duplicates(np.asarray([r["hashes"] for r in rows], dtype=np.uint64), k=k, min_matches=min_matches)
-    groups: dict[int, list[int]] = {}
-    for i, label in enumerate(res.labels.tolist()):
-        groups.setdefault(label, []).append(i)
-    hashes = np.asarray([r["hashes"] for r in rows], dtype=np.uint64)
-    out = []
-    for members in groups.values():
-        rep = min(members, key=lambda i: representative_key(rows[i]))
-        for i in members:
-            same = int(np.sum(np.bitwise_count(hashes[i] ^ hashes[rep]) <= k))
-            out.append(dict(rows[i], cluster=rows[rep]["id"], cluster_size=len(members), representative=i == rep,
-                            dup_of=None if i == rep else rows[rep]["id"], matches=same))
-    return sorted(out, key=lambda r: (r["partition"], r["id"], r["source"]))
+def _footage_decisions(kv: tuple, k: int) -> Iterator:
+    """One same-footage component -> its rows: the representative (``curation.video``'s rule) kept,
+    every other member tagged for quarantine as ``near_duplicate``."""
+    _, members = kv
+    for r in video.footage_cluster([m.attrs for m in members], k):
+        if r["representative"]:
+            yield r
+        else:
+            Metrics.counter(TRACK, "neardup_drop_near_duplicate").inc()
+            yield beam.pvalue.TaggedOutput("quarantine", quarantined(
+                r, "neardup", "near_duplicate", f"same footage as {r['dup_of']} ({r['matches']}/{len(r['hashes'])} frames)"))
 
 
 def run_neardup(root: str, partitions: Sequence[str], settings: VideoSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    """Same-footage clusters over every drop: hashing fans out per video, clustering is one combine."""
+    """Same-footage clusters over every drop: hashing fans out per video; edges, components and one
+    representative per component come from the distributed dedup (``pipelines.dedup``), with the
+    rule of ``curation.video.video_near_duplicates`` (whose in-memory ``cluster_videos`` is the oracle)."""
     srcs = [manifest_url(root, ASSET["probe"], p) for p in partitions]
     for src in srcs:
         if not storage.exists(src):
             raise FileNotFoundError(f"neardup: {src} missing (materialize video_probe first)")
-
-    def split(rows: list[dict]):
-        for r in cluster_videos(rows, settings.phash_k, settings.min_matches):
-            if r["representative"]:
-                yield r
-            else:
-                Metrics.counter(TRACK, "neardup_drop_near_duplicate").inc()
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(
-                    r, "neardup", "near_duplicate", f"same footage as {r['dup_of']} ({r['matches']}/{len(r['hashes'])} frames)"))
+    n_pos, k = settings.hash_positions, settings.phash_k
+    need = n_pos // 2 + 1 if settings.min_matches is None else int(settings.min_matches)
+    if not 1 <= need <= max(1, n_pos):
+        raise ValueError(f"min_matches must be in 1..{n_pos}")
+    plan = dedup.search_plan(dedup.manifest_rows(srcs), k)
 
     def build(p):  # noqa: ANN001
         probed = p | "Manifests" >> beam.Create(srcs) | "Read" >> beam.FlatMap(storage.read_records) | "Spread" >> beam.Reshuffle()
         hashed, bad = split_dofn(probed, "Hash", HashVideo(settings))
-        clustered = (hashed | "All" >> beam.combiners.ToList()
-                     | "Cluster" >> beam.FlatMap(split).with_outputs("quarantine", main="ok"))
+        # a row is a node keyed by (id, partition, source): one file may sit in several drops
+        nodes = hashed | "Nodes" >> beam.Map(lambda r: ((r["id"], r["partition"], r["source"]), r))
+        edges = (nodes | "NodeHashes" >> beam.MapTuple(lambda node, r: (node, r["hashes"]))
+                 | "SameFootage" >> dedup.AlignedHammingEdges(k, plan, need))
+        clustered = ({"nodes": nodes, "edges": edges} | "Components" >> dedup.GroupComponents()
+                     | "Cluster" >> beam.FlatMap(_footage_decisions, k).with_outputs("quarantine", main="ok"))
         # every hashed video is a row of the cluster table (representatives and duplicates alike)
         rows = (clustered.ok, clustered.quarantine) | "Rows" >> beam.Flatten()
         rows | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["neardup"], CORPUS), CLUSTER_SCHEMA)
@@ -366,51 +369,43 @@ class MakeClips(beam.DoFn):
                 frames = dict(zip(flat, video.sample_frames(path, flat, size=s.frame_size,
                                                             keyframes=rec.get("keyframes") or None, workers=s.sample_workers)))
             except video.VideoError as e:
-                Metrics.counter(TRACK, f"clip_drop_{e.reason}").inc()
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(
-                    _video_row(rec), "clips", e.reason, str(e)))
+                yield reject(_video_row(rec), TRACK, "clips", e.reason, str(e))
                 return
         if not spans:  # plan_clips gives no clip only for a non-positive duration, which probe rejects
-            Metrics.counter(TRACK, "clip_drop_zero_length").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(
-                _video_row(rec), "clips", "zero_length", f"no clip in {rec['duration_s']} s"))
+            yield reject(_video_row(rec), TRACK, "clips", "zero_length", f"no clip in {rec['duration_s']} s")
             return
         base = {"video_id": rec["id"], "partition": rec["partition"], "source": rec["source"], "n_clips": len(spans),
                 "video_duration": rec["duration_s"], "cuts": cuts}
         for i, (a, b) in enumerate(spans):
             row = dict(base, id=clip_id(rec["id"], a, b), clip_index=i, start=a, end=b, duration=round(b - a, 3))
             if i >= len(kept):
-                Metrics.counter(TRACK, "clip_drop_over_clip_cap").inc()
-                yield beam.pvalue.TaggedOutput("quarantine", quarantined(
-                    row, "clips", "over_clip_cap", f"clip {i + 1} of {len(spans)} > max_clips_per_video={s.max_clips_per_video}"))
+                yield reject(row, TRACK, "clips", "over_clip_cap",
+                             f"clip {i + 1} of {len(spans)} > max_clips_per_video={s.max_clips_per_video}")
                 continue
             imgs = [frames[t] for t in per_clip[i]]
             w, h = _jpeg_size(imgs[0]) if imgs else (None, None)
-            Metrics.counter(TRACK, "clips_ok").inc()
+            Metrics.counter(TRACK, "clips_kept").inc()
             yield dict(row, frame_times=[round(t - a, 3) for t in per_clip[i]], frames=imgs, frame_width=w, frame_height=h)
 
 
-def representatives(root: str, partition: str) -> set[str]:
-    """Ids of this drop's videos that represent their cluster."""
-    url = manifest_url(root, ASSET["neardup"], CORPUS)
-    return {r["id"] for r in storage.read_records(url) if r["representative"] and r["partition"] == partition}
-
-
-def run_clips(root: str, partition: str, settings: VideoSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    src = manifest_url(root, ASSET["probe"], partition)
-    for url in (src, manifest_url(root, ASSET["neardup"], CORPUS)):
+def representative_videos(p, root: str, partitions: Sequence[str], settings: VideoSettings):  # noqa: ANN001
+    """Probed videos of the given drops that represent their same-footage cluster (a join by id)."""
+    srcs = [manifest_url(root, ASSET["probe"], part) for part in partitions]
+    csrc = manifest_url(root, ASSET["neardup"], CORPUS)
+    for url in (*srcs, csrc):
         if not storage.exists(url):
             raise FileNotFoundError(f"clips: {url} missing (materialize video_probe and video_neardup_clusters first)")
-    keep = representatives(root, partition)
+    wanted = frozenset(partitions)
+    reps = (read_manifests(p, [csrc], "ReadClusters", columns=["id", "partition", "representative"])
+            | "Representatives" >> beam.FlatMap(lambda r: [r["id"]] if r["representative"] and r["partition"] in wanted else []))
+    return {"records": read_manifests(p, srcs, "Read"), "keep": reps} | "RepresentativesOnly" >> KeepIds()
 
-    def build(p):  # noqa: ANN001
-        videos = (p | "Read" >> beam.io.ReadFromParquet(src) | "Representatives" >> beam.Filter(lambda r: r["id"] in keep)
-                  | "Spread" >> beam.Reshuffle())
-        ok, bad = split_dofn(videos, "Clips", MakeClips(settings))
-        ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["clips"], partition), CLIP_SCHEMA)
-        bad | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["clips"], partition), quarantine_schema(CLIP_SCHEMA))
 
-    return run_pipeline(argv, build, test_pipeline)
+CLIPS = Stage(TRACK, "clips", ASSET["clips"], None, (), lambda root, s: Split("Clips", MakeClips(s)), source=representative_videos,
+              schema=lambda root, parts: CLIP_SCHEMA)
+
+
+run_clips = CLIPS.runner("Scene-aware clips with sampled frames of the representative videos of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,32 +470,34 @@ def caption_rows(pr: PredictionResult):
     row.update(response=o.get("response"), attempts=o["attempts"], attempt_reasons=o["attempt_reasons"],
                model=o.get("model"), cached=o.get("cached"))
     if o["ok"]:
-        Metrics.counter(TRACK, "captions_ok").inc()
-        yield dict(row, caption=o["caption"], events=json.dumps(o["events"], ensure_ascii=False), n_events=len(o["events"]))
+        yield accept(dict(row, caption=o["caption"], events=json.dumps(o["events"], ensure_ascii=False), n_events=len(o["events"])),
+                     TRACK, "captions")
         return
     reason = o.get("reason") or "generation_error"
-    Metrics.counter(TRACK, f"caption_drop_{reason}").inc()
     detail = o.get("error") or (o.get("response") or "")[:300]
-    yield beam.pvalue.TaggedOutput("quarantine", quarantined(
-        row, "captions", reason, f"{o['attempts']} attempts ({', '.join(o['attempt_reasons'])}): {detail}"))
+    yield reject(row, TRACK, "captions", reason, f"{o['attempts']} attempts ({', '.join(o['attempt_reasons'])}): {detail}")
 
 
-def run_captions(root: str, partition: str, settings: VideoSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    src = manifest_url(root, ASSET["clips"], partition)
-    if not storage.exists(src):
-        raise FileNotFoundError(f"captions: {src} missing (materialize video_clips for {partition} first)")
-    handler = CaptionModelHandler(resolve_spec(root, settings.engine), settings.sampling, settings.retries,
-                                  settings.event_format, settings.inference_batch_size)
+class Caption(beam.PTransform):
+    """Timestamped event captions from the VLM: one engine per worker for all drops, retries inside."""
 
-    def build(p):  # noqa: ANN001
-        clips = p | "Read" >> beam.io.ReadFromParquet(src)
-        r = (clips | "Caption" >> RunInference(handler)
+    def __init__(self, root: str, settings: VideoSettings) -> None:
+        super().__init__()
+        self.handler = CaptionModelHandler(resolve_spec(root, settings.engine), settings.sampling, settings.retries,
+                                           settings.event_format, settings.inference_batch_size)
+
+    def expand(self, clips):
+        r = (clips | "Caption" >> RunInference(self.handler)
              | "Check" >> beam.FlatMap(caption_rows).with_outputs("quarantine", main="ok"))
-        r.ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["captions"], partition), CAPTION_SCHEMA)
-        r.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["captions"], partition),
-                                                          quarantine_schema(CAPTION_SCHEMA))
+        return r.ok, r.quarantine
 
-    return run_pipeline(argv, build, test_pipeline)
+
+CAPTIONS = Stage(TRACK, "captions", ASSET["captions"], ASSET["clips"], (), lambda root, s: Caption(root, s),
+                 schema=lambda root, parts: CAPTION_SCHEMA,
+                 plan=lambda root, parts, s: {"engine": s.engine.kind, "model": resolve_spec(root, s.engine).model})
+
+
+run_captions = CAPTIONS.runner("Event captions of every clip of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,27 +515,22 @@ def grounding_rows(cap: dict):
                "source": cap["source"], "event_index": i, "query": s["query"], "answer": s["answer"], "start": e.start,
                "end": e.end, "clip_start": cap["start"], "clip_end": cap["end"]}
         if counts[s["query"].strip().lower()] > 1:
-            Metrics.counter(TRACK, "grounding_drop_ambiguous_query").inc()
-            yield beam.pvalue.TaggedOutput("quarantine", quarantined(row, "temporal_grounding", "ambiguous_query",
-                                                                      f"{counts[s['query'].strip().lower()]} events share it"))
+            yield reject(row, TRACK, "temporal_grounding", "ambiguous_query", f"{counts[s['query'].strip().lower()]} events share it")
             continue
-        Metrics.counter(TRACK, "grounding_ok").inc()
-        yield row
+        yield accept(row, TRACK, "temporal_grounding")
 
 
-def run_temporal_grounding(root: str, partition: str, settings: VideoSettings, argv: Sequence[str] = (), test_pipeline=None):  # noqa: ANN001
-    src = manifest_url(root, ASSET["captions"], partition)
-    if not storage.exists(src):
-        raise FileNotFoundError(f"temporal_grounding: {src} missing (materialize video_captions for {partition} first)")
+class Grounding(beam.PTransform):
+    def expand(self, captions):
+        r = captions | "Samples" >> beam.FlatMap(grounding_rows).with_outputs("quarantine", main="ok")
+        return r.ok, r.quarantine
 
-    def build(p):  # noqa: ANN001
-        r = (p | "Read" >> beam.io.ReadFromParquet(src)
-             | "Samples" >> beam.FlatMap(grounding_rows).with_outputs("quarantine", main="ok"))
-        r.ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["temporal_grounding"], partition), GROUNDING_SCHEMA)
-        r.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["temporal_grounding"], partition),
-                                                          quarantine_schema(GROUNDING_SCHEMA))
 
-    return run_pipeline(argv, build, test_pipeline)
+GROUNDING = Stage(TRACK, "temporal_grounding", ASSET["temporal_grounding"], ASSET["captions"], (),
+                  lambda root, s: Grounding(), schema=lambda root, parts: GROUNDING_SCHEMA)
+
+
+run_temporal_grounding = GROUNDING.runner("Temporal-grounding samples (query -> [start, end]) from the captions of the given drops.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -597,39 +589,58 @@ SHARD_METADATA_SCHEMA = pa.schema([
 VOLATILE_COLUMNS = frozenset({"cached"})  # differ between runs of the same content
 
 
-def run_shards(root: str, partitions: Sequence[str], settings: VideoSettings) -> dict[str, shards.ShardIndex]:
+def _join_clip_samples(element: tuple[tuple[str, str], dict], make) -> Iterator[shards.Sample]:  # noqa: ANN001
+    """(partition, clip id) -> {clip, rows} joined: one sample per row, with the clip's frames."""
+    (part, clip_id), joined = element
+    clips, rows = list(joined["clip"]), list(joined["rows"])
+    if rows and not clips:
+        raise KeyError(f"video shards: clip {clip_id!r} of drop {part!r} not in {ASSET['clips']}")
+    for r in rows:
+        yield make(clips[0], r)
+
+
+def run_shards(root: str, partitions: Sequence[str], settings: VideoSettings, argv: Sequence[str] = (),
+               test_pipeline=None) -> dict[str, shards.ShardIndex]:  # noqa: ANN001
     """Both datasets: ``video`` (dense caption + events per clip) and ``temporal_grounding`` (one
-    question per event, answer ``[mm:ss, mm:ss]``), as shards/<dataset>/<version>/ + LATEST.json."""
-    out = {}
+    question per event, answer ``[mm:ss, mm:ss]``), as shards/<dataset>/<version>/ + LATEST.json.
+
+    One Beam job: rows are joined to their clip's frames by (drop, clip id), then the shard stage
+    (pipelines/shards.py) writes each dataset with one writer per shard."""
+    from pipelines.shards import ShardSource, WriteShards
+
+    clip_srcs = [manifest_url(root, ASSET["clips"], p) for p in partitions]
+    plans = []
     for dataset, asset, make in (("video", ASSET["captions"], caption_sample),
                                  ("temporal_grounding", ASSET["temporal_grounding"], grounding_sample)):
-        clip_srcs = [manifest_url(root, ASSET["clips"], p) for p in partitions]
         row_srcs = [manifest_url(root, asset, p) for p in partitions]
         version = content_version(clip_srcs + row_srcs, dataset, settings.samples_per_shard, settings.max_shard_bytes,
                                   ignore=VOLATILE_COLUMNS)
-        rows = sorted((r for s in row_srcs for r in storage.read_records(s)), key=lambda r: r["id"])
+        plans.append((dataset, row_srcs, make, shards.shard_dir(root, dataset, version),
+                      shards.input_lineage(clip_srcs + row_srcs)))
 
-        def samples(rows=rows, clip_srcs=clip_srcs, make=make) -> Iterator[shards.Sample]:  # noqa: ANN001
-            clips: dict[str, dict] = {}
-            for src in clip_srcs:  # one drop's frames in memory at a time
-                clips = {c["id"]: c for c in storage.read_records(src)}
-                part = src.rsplit("/", 1)[-1][: -len(".parquet")]
-                for r in rows:
-                    if r["partition"] == part:
-                        yield make(clips[r.get("clip_id") or r["id"]], r)
+    def build(p):  # noqa: ANN001
+        clips = (read_manifests(p, clip_srcs, "ReadClips")
+                 | "KeyClips" >> beam.Map(lambda c: ((c["partition"], c["id"]), c)))
+        for dataset, row_srcs, make, out_url, lineage in plans:
+            label = "".join(w.title() for w in dataset.split("_"))
+            rows = (read_manifests(p, row_srcs, f"Read{label}")
+                    | f"Key{label}" >> beam.Map(lambda r: ((r["partition"], r.get("clip_id") or r["id"]), r)))
+            ({"clip": clips, "rows": rows} | f"Join{label}" >> beam.CoGroupByKey()
+             | f"{label}Samples" >> beam.FlatMap(_join_clip_samples, make)
+             | f"{label}Shards" >> WriteShards(out_url, dataset_name=dataset, metadata_schema=SHARD_METADATA_SCHEMA,
+                                               source=ShardSource(), lineage=lineage,
+                                               samples_per_shard=settings.samples_per_shard,
+                                               max_shard_bytes=settings.max_shard_bytes, publish_root=root))
 
-        out[dataset] = shards.write_dataset(
-            samples(), root, dataset, version, lineage=shards.input_lineage(clip_srcs + row_srcs),
-            samples_per_shard=settings.samples_per_shard, max_shard_bytes=settings.max_shard_bytes,
-            metadata_schema=SHARD_METADATA_SCHEMA)
-    return out
+    run_pipeline(argv, build, test_pipeline)
+    return {dataset: shards.read_index(out_url) for dataset, _, _, out_url, _ in plans}
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI
 
 
-def run(argv: Sequence[str] | None = None) -> None:
+def run(argv: Sequence[str] | None = None, test_pipeline=None) -> None:  # noqa: ANN001
     """Command-line entry point (the same functions Dagster's assets call)."""
     parser = track_cli("python -m pipelines.video", __doc__, TRACK, STAGES)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "openai"])
@@ -659,14 +670,13 @@ def run(argv: Sequence[str] | None = None) -> None:
     per_drop = {"probe": run_probe, "clips": run_clips, "captions": run_captions, "temporal_grounding": run_temporal_grounding}
     for stage in stages:
         if stage in per_drop:
-            for part in partitions:
-                per_drop[stage](args.root, part, settings, beam_argv)
+            per_drop[stage](args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)  # every drop in one Beam job
         elif stage == "neardup":
-            run_neardup(args.root, partitions, settings, beam_argv)
+            run_neardup(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
             rows = storage.read_records(manifest_url(args.root, ASSET["neardup"], CORPUS))
             print(json.dumps({"videos": len(rows), "representatives": sum(r["representative"] for r in rows)}))
         else:
-            indexes = run_shards(args.root, partitions, settings)
+            indexes = run_shards(args.root, partitions, settings, beam_argv, test_pipeline=test_pipeline)
             print(json.dumps({k: {"url": v.url, "samples": v.num_samples} for k, v in indexes.items()}))
 
 

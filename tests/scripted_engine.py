@@ -44,3 +44,21 @@ class ScriptedEngine:
                 request_id=req.request_id, model=self.model_id,
                 completions=[generation.Completion(t, f, 10, 20) for t, f in samples]))
         return out
+
+
+class EchoCaptionEngine:
+    """Re-captions by echoing the original caption the prompt carries, with a fixed prefix; answers
+    'length' for captions containing 'TRUNCATE' (a rejected re-caption). Logic tests only."""
+
+    model_id = "echo"
+
+    def generate(self, requests, params):  # noqa: ANN001
+        out = []
+        for req in requests:
+            content = req.messages[-1]["content"]
+            text = " ".join(c["text"] for c in content if c.get("type") == "text") if isinstance(content, list) else content
+            original = text.split('"')[1] if text.count('"') >= 2 else text  # USER_TEMPLATE quotes the original
+            finish = "length" if "TRUNCATE" in original else "stop"
+            out.append(generation.GenerationResult(req.request_id, [generation.Completion(
+                f"A photograph: {original}", finish, 10, 10)], self.model_id))
+        return out

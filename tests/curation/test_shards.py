@@ -474,3 +474,81 @@ def test_write_dataset_publishes_latest_only_when_complete(tmp_path: Path) -> No
     with pytest.raises(RuntimeError, match="source died"):
         shards.write_dataset(broken(), root, "demo", "v-2")
     assert shards.latest_url(root, "demo") == index.url  # the failed version never became current
+
+
+# ---------------------------------------------------------------------------------------------------
+# the pieces the Beam shard stage (pipelines/shards.py) is built from
+
+META = pa.schema([("n", pa.int64())])
+
+
+def _toy(i: int, size: int) -> Sample:
+    return Sample(f"k{i:03d}", {"bin": bytes([i % 251]) * size, "txt": f"#{i}"}, {"n": i})
+
+
+def test_write_shard_and_assemble_index_give_the_writers_bytes(tmp_path: Path) -> None:
+    samples = [_toy(i, 700 * (i % 5) + 1) for i in range(11)]
+    ref = write_shards(iter(samples), str(tmp_path / "seq" / "v1"), dataset_name="toy", lineage=LINEAGE,
+                       samples_per_shard=4, max_shard_bytes=2 * tarfile.RECORDSIZE, metadata_schema=META)
+    out = str(tmp_path / "par" / "v1")
+    shards.prepare_version(out)
+    cuts = shards.shard_starts([shards.sample_bytes(s) for s in samples], 4, 2 * tarfile.RECORDSIZE) + [len(samples)]
+    assert cuts[:-1] == [int(s.first_key[1:]) for s in ref.shards]  # ShardWriter cut at the same places
+    written = [shards.write_shard(samples[a:b], out, n, metadata_schema=META)
+               for n, (a, b) in reversed(list(enumerate(zip(cuts, cuts[1:]))))]  # any order, any worker
+    written.sort(key=lambda w: w.number)
+    fields: dict[str, int] = {}
+    for w in written:
+        for ext, n in w.fields.items():
+            fields[ext] = fields.get(ext, 0) + n
+    index = shards.assemble_index(out, dataset_name="toy", shards=[w.info for w in written], fields=fields,
+                                  schema=shards.shard_schema(META), lineage=LINEAGE, samples_per_shard=4,
+                                  max_shard_bytes=2 * tarfile.RECORDSIZE)
+    shards.finish_version(index)
+    assert index == read_index(out)
+    assert {p.name: p.read_bytes() for p in Path(out).iterdir()} == {p.name: p.read_bytes() for p in Path(ref.url).iterdir()}
+
+
+def test_sample_bytes_is_what_the_tar_grows_by() -> None:
+    s = _toy(1, 1000)
+    assert shards.sample_bytes(s) == shards.member_bytes(1000) + shards.member_bytes(2) == 512 + 1024 + 512 + 512
+
+
+def test_shard_starts_follow_the_writer_rule() -> None:
+    rec = tarfile.RECORDSIZE
+    assert shards.shard_starts([], 3, rec) == []
+    assert shards.shard_starts([512] * 7, 3, 10 * rec) == [0, 3, 6]
+    assert shards.shard_starts([4096, 4096, 4096, 50_000, 10], 10, rec) == [0, 2, 3, 4]  # the big one alone
+
+
+def test_write_shard_counts_failures_writes_empty_shards_and_rejects_duplicates(tmp_path: Path) -> None:
+    out = str(tmp_path / "v1")
+    w = shards.write_shard([Failure("a", "http_error"), Failure("b", "http_error")], out, 3, metadata_schema=META)
+    assert (w.info.name, w.info.samples, w.info.failures, w.info.bytes) == ("00003", 0, {"http_error": 2}, tarfile.RECORDSIZE)
+    assert storage.read_json(f"{out}/00003_stats.json")["count"] == 2
+    assert list(iter_samples(f"{out}/00003.tar")) == []
+    with pytest.raises(DuplicateKeyError, match="duplicate sample key 'k001'"):
+        shards.write_shard([_toy(1, 5), _toy(1, 6)], out, 0, metadata_schema=META)
+    assert sorted(p.name for p in Path(out).iterdir()) == ["00003.parquet", "00003.tar", "00003_stats.json"]
+    with pytest.raises(ValueError, match="metadata_schema is required"):
+        shards.write_shard([_toy(1, 5)], out, 0, metadata_schema=None)  # type: ignore[arg-type]
+
+
+def test_assemble_index_requires_consecutive_numbers(tmp_path: Path) -> None:
+    out = str(tmp_path / "v1")
+    infos = [shards.write_shard([_toy(i, 5)], out, n, metadata_schema=META).info for i, n in ((0, 0), (1, 2))]
+    with pytest.raises(ValueError, match="without gaps"):
+        shards.assemble_index(out, dataset_name="toy", shards=infos, fields=["bin"], schema=None, lineage=None,
+                              samples_per_shard=1, max_shard_bytes=tarfile.RECORDSIZE)
+
+
+def test_prepare_version_unpublishes_only_a_latest_that_points_at_it(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    v1 = shards.write_dataset([_toy(1, 5)], root, "toy", "v1", metadata_schema=META)
+    latest = str(tmp_path / "shards" / "toy" / "LATEST.json")
+    shards.prepare_version(shards.shard_dir(root, "toy", "v2"), latest)
+    assert shards.latest_url(root, "toy") == v1.url  # another version: the current one stays
+    Path(v1.url, ".tmp-leftover-00000.tar").write_bytes(b"x")
+    shards.prepare_version(v1.url, latest)
+    assert shards.latest_url(root, "toy") is None
+    assert sorted(p.name for p in Path(v1.url).iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]

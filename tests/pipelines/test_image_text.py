@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from curation import storage
 from pipelines import image_text as pipe
-from pipelines.common import manifest_url, quarantine_url
+from pipelines.common import Split, manifest_url, quarantine_url
 
 SETTINGS = pipe.ImageTextSettings()
 TRANSFORMS = ("resize50", "jpegq25", "crop85", "hflip")
@@ -55,7 +55,7 @@ def test_samples_and_phash_stages_with_metrics(near_dup_root: Path) -> None:
     for part in ("a", "b"):
         result = pipe.run_samples(root, part, SETTINGS, test_pipeline=TestPipeline(runner="FnApiRunner"))
         n_ok = len(storage.read_records(manifest_url(root, "image_text_samples", part)))
-        assert _metric(result, "samples_ok") == n_ok
+        assert result.counters["samples_kept"] == n_ok
     assert len(storage.read_records(manifest_url(root, "image_text_samples", "a"))) == 12
     quarantine = storage.read_records(quarantine_url(root, "image_text_samples", "b"))
     assert sorted((r["reason"], Path(r["uri"]).name) for r in quarantine) == [
@@ -100,7 +100,7 @@ def test_caption_quality_transform_with_assert_that() -> None:
         {"id": "3", "caption": "buy now buy now buy now buy now buy now buy now buy now buy now"},
     ]
     with TestPipeline(runner="FnApiRunner") as p:
-        kept, dropped = p | beam.Create(records) | pipe._Quality(SETTINGS.caption)
+        kept, dropped = p | beam.Create(records) | Split("Check", pipe.CaptionQuality(SETTINGS.caption))
         assert_that(kept | "KeptIds" >> beam.Map(lambda r: r["id"]), equal_to(["1"]), label="kept")
         assert_that(dropped | "Reasons" >> beam.Map(lambda r: (r["id"], r["reason"])),
                     equal_to([("2", "too_few_words"), ("3", "word_repetition")]), label="dropped")

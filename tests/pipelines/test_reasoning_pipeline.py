@@ -67,5 +67,6 @@ def test_rejection_sampling_keeps_only_verified_well_formed_samples(root: Path) 
 
     index = pipe.run_sft_shards(str(root), ["d1"], SETTINGS)
     assert index.num_samples == 9
-    pool = pipe.run_rl_pool(str(root), ["d1"], SETTINGS)
-    assert Counter(r["pool"] for r in pool) == {"rl": 9}
+    assert pipe.run_rl_pool(str(root), ["d1"], SETTINGS) == {"rl": 9}
+    pool = storage.read_records(manifest_url(str(root), "rl_prompt_pool", "all"))
+    assert Counter(r["pool"] for r in pool) == {"rl": 9} and len({r["id"] for r in pool}) == 9
