@@ -178,7 +178,7 @@ def document_minhash_clusters(context: dg.AssetExecutionContext, config: MinHash
     """MinHash LSH (word 5-grams, 14 bands x 8 rows) near-duplicate clusters over all drops; one document kept per cluster."""
     parts = _ready(context, storage.root, A["quality"])
     s = _settings(minhash_threshold=config.threshold if config.threshold > 0 else None)
-    pipe.run_minhash(storage.root, parts, s, beam_runner.argv())
+    res = pipe.run_minhash(storage.root, parts, s, beam_runner.argv())
     n_in = sum(len(rows(manifest_url(storage.root, A["quality"], p))) for p in parts)
     murl, qurl = manifest_url(storage.root, A["minhash"], pipe.CORPUS), quarantine_url(storage.root, A["minhash"], pipe.CORPUS)
     kept, dropped = rows(murl), rows(qurl)
@@ -186,6 +186,7 @@ def document_minhash_clusters(context: dg.AssetExecutionContext, config: MinHash
     md = stage_metadata(n_in, kept, dropped, murl, qurl)
     md.update({
         "partitions": dg.MetadataValue.text(", ".join(parts)),
+        "beam_counters": dg.MetadataValue.json(dict(res.counters)),
         "clusters": dg.MetadataValue.int(len(kept)),
         "clusters_with_duplicates": dg.MetadataValue.int(sum(1 for r in kept if r["cluster_size"] > 1)),
         "cluster_sizes": dg.MetadataValue.md(counter_table(sizes, "cluster size")),

@@ -287,12 +287,13 @@ def metaclip_entry_counts(context: dg.AssetExecutionContext, storage: StorageRes
     """Corpus-wide match counts per metadata entry (Aho-Corasick over space-padded entries)."""
     parts = _materialized_partitions(context, storage, "clip_scores")
     s = settings()
-    pipe.run_metaclip_counts(storage.root, parts, s, beam_runner.argv())
+    res = pipe.run_metaclip_counts(storage.root, parts, s, beam_runner.argv())
     counts = rows(manifest_url(storage.root, "metaclip_entry_counts", pipe.CORPUS))
     t, n = pipe.metaclip_threshold(storage.root, s)
     top = {r["entry"]: r["count"] for r in counts}
     return dg.MaterializeResult(metadata={
         "partitions": dg.MetadataValue.text(", ".join(parts)),
+        "plan": dg.MetadataValue.json(dict(res.plan)),
         "texts": dg.MetadataValue.int(n),
         "entries_matched": dg.MetadataValue.int(len(counts)),
         "t_auto": dg.MetadataValue.int(int(t)),

@@ -164,7 +164,7 @@ def video_neardup_clusters(context: dg.AssetExecutionContext, config: NearDupRun
     """Same-footage clusters over all drops (aligned-frame pHash majority); one representative per cluster."""
     parts = _ready(context, storage.root, A["probe"])
     s = settings(hash_positions=config.hash_positions, phash_k=config.phash_k, min_matches=config.min_matches)
-    pipe.run_neardup(storage.root, parts, s, beam_runner.argv())
+    res = pipe.run_neardup(storage.root, parts, s, beam_runner.argv())
     murl, qurl = manifest_url(storage.root, A["neardup"], pipe.CORPUS), quarantine_url(storage.root, A["neardup"], pipe.CORPUS)
     table, dropped = rows(murl), rows(qurl)
     n_in = sum(len(_columns(manifest_url(storage.root, A["probe"], p), ["id"])) for p in parts)
@@ -174,6 +174,8 @@ def video_neardup_clusters(context: dg.AssetExecutionContext, config: NearDupRun
     multi = [dict(r, size=sizes[r["cluster"]], name=r["source"].rsplit("/", 1)[-1]) for r in table if sizes[r["cluster"]] > 1]
     md.update({
         "partitions": dg.MetadataValue.text(", ".join(parts)),
+        "plan": dg.MetadataValue.json(dict(res.plan)),
+        "beam_counters": dg.MetadataValue.json(dict(res.counters)),
         "clusters": dg.MetadataValue.int(len(sizes)),
         "duplicate_clusters": dg.MetadataValue.md(preview_table(sorted(multi, key=lambda r: (r["cluster"], not r["representative"])),
                                                                 ("cluster", "name", "partition", "representative", "matches"), 40)),

@@ -30,8 +30,8 @@ buffers and the one SDK worker all in one process); ``portable-W`` is
 (``local_job_service_main``: the engine and its shuffle buffers) and a fresh EXTERNAL worker pool
 (``worker_pool_main``) that starts W SDK worker processes (``--direct_num_workers=W
 --sdk_worker_parallelism=W``), both started per measurement and stopped by process group. Beam's
-job service drives one SDK worker whatever the flags say (see ``job_service_main``): it is started
-through a shim that passes ``--direct_num_workers`` on, so W workers really share each stage.
+job service drives one SDK worker whatever the flags say (see ``pipelines.local_job_service``): it is started
+through that entry point that passes ``--direct_num_workers`` on, so W workers really share each stage.
 
 Each measurement runs in a fresh driver process. Wall time is the run_* call alone (imports and
 data generation excluded), records/s = N / wall. Peak RSS is each process's VmHWM
@@ -211,29 +211,6 @@ class PrescoredClip(beam.DoFn):
         yield from batch
 
 
-def job_service_main(argv: list[str]) -> None:
-    """Beam's local job service, passing ``--direct_num_workers`` on to its FnApiRunner.
-
-    ``LocalJobServicer`` runs each job with ``FnApiRunner().run_via_runner_api(proto, options)``,
-    which never reads ``direct_num_workers`` (only ``FnApiRunner.run_pipeline`` does), so the job
-    service always drives one SDK worker whatever ``--sdk_worker_parallelism`` says. With this shim
-    it asks the EXTERNAL pool for W workers and splits every stage's input over them, as a runner
-    with parallelism W would."""
-    from apache_beam.options.pipeline_options import DirectOptions
-    from apache_beam.runners.portability import local_job_service_main
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-    original = fn_runner.FnApiRunner.run_via_runner_api
-
-    def run_via_runner_api(self, pipeline_proto, options):  # noqa: ANN001
-        self._num_workers = int(options.view_as(DirectOptions).direct_num_workers or 1)  # a string here
-        return original(self, pipeline_proto, options)
-
-    fn_runner.FnApiRunner.run_via_runner_api = run_via_runner_api
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    local_job_service_main.run(argv)
-
-
 def _rows(url: str) -> int:
     import pyarrow.parquet as pq
 
@@ -401,7 +378,7 @@ def measure(stage: str, n: int, runner: str, root: Path, drops: int, work: Path,
             staging = work / "staging"
             staging.mkdir(exist_ok=True)
             job = subprocess.Popen(
-                [sys.executable, "-m", "bench.bench_scale", "--_job_service", "--port", str(jp), "--staging_dir", str(staging)],
+                [sys.executable, "-m", "pipelines.local_job_service", "--port", str(jp), "--staging_dir", str(staging)],
                 cwd=REPO, env=env, stdout=open(logs / f"{tag}.job.log", "wb"), stderr=subprocess.STDOUT,
                 start_new_session=True)
             pool = subprocess.Popen(
@@ -517,9 +494,6 @@ def tables(results: list[dict], sizes: list[int], stages: list[str], runners: li
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--_job_service"]:
-        job_service_main(argv[1:])
-        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="10^4 and 10^5 records; prints only (unless --write)")
     ap.add_argument("--sizes", default=None, help="comma-separated record counts (default 100000,1000000)")

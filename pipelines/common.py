@@ -240,6 +240,13 @@ class StageResult:
     counters: Mapping[str, int] = field(default_factory=dict)
     plan: Mapping[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def corpus(cls, track: str, stage: str, asset: str, root: str, partitions: Sequence[str], result,  # noqa: ANN001
+               plan: Mapping[str, Any] | None = None, name: str = "all") -> StageResult:
+        """The result of a corpus-wide stage that read ``partitions`` and wrote one ``<name>`` manifest."""
+        return cls(track, stage, asset, tuple(partitions), {name: manifest_url(root, asset, name)},
+                   {name: quarantine_url(root, asset, name)}, counters(result, track), dict(plan or {}))
+
     def drops_by_reason(self) -> dict[str, int]:
         """``reason -> count`` from the ``<stage>_drop_<reason>`` counters."""
         prefix = f"{self.stage}_drop_"

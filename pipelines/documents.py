@@ -544,9 +544,8 @@ def run_minhash(root: str, partitions: Sequence[str], settings: DocumentSettings
     s = settings
 
     def build(p):  # noqa: ANN001
-        reads = [p | f"Read_{i}" >> beam.io.ReadFromParquet(src, columns=["id", "partition", "kind", "document"])
-                 for i, src in enumerate(srcs)]
-        docs = (reads | "AllDocs" >> beam.Flatten() | "Texts" >> beam.Map(_minhash_input)
+        docs = (read_manifests(p, srcs, "Read", columns=["id", "partition", "kind", "document"])
+                | "Texts" >> beam.Map(_minhash_input)
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=s.minhash_batch))
         slim = docs | "Signatures" >> beam.ParDo(Signatures(s))
         # Identical signatures (a page copied m times) are a star of m - 1 edges; only the head of
@@ -564,7 +563,9 @@ def run_minhash(root: str, partitions: Sequence[str], settings: DocumentSettings
         out.ok | "WriteManifest" >> WriteManifest(manifest_url(root, ASSET["minhash"], CORPUS), CLUSTER_SCHEMA)
         out.quarantine | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["minhash"], CORPUS), quarantine_schema(CLUSTER_SCHEMA))
 
-    return run_pipeline(argv, build, test_pipeline)
+    result = run_pipeline(argv, build, test_pipeline)
+    return StageResult.corpus(TRACK, "minhash", ASSET["minhash"], root, partitions, result, {
+        "bands": s.minhash_bands, "rows": s.minhash_rows, "ngram": s.minhash_ngram, "threshold": s.minhash_threshold})
 
 
 # ----------------------------------------------------------------------------------------------

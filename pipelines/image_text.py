@@ -59,6 +59,7 @@ from pipelines.common import (
     quarantine_schema,
     quarantine_url,
     quarantined,
+    read_manifests,
     read_schema,
     reject,
     run_pipeline,
@@ -667,7 +668,8 @@ def run_fingerprints(root: str, settings: ImageTextSettings, argv: Sequence[str]
         ok, bad = (p | "Benchmarks" >> beam.Create(refs)) | "Hash" >> ComputePHash(settings)
         _write_split(ok, bad, root, ASSET["fingerprints"], CORPUS, FINGERPRINT_SCHEMA)
 
-    return run_pipeline(argv, build, test_pipeline)
+    result = run_pipeline(argv, build, test_pipeline)
+    return StageResult.corpus(TRACK, "fingerprints", ASSET["fingerprints"], root, (), result, {"images": len(refs)})
 
 
 def _row_count(url: str) -> int:
@@ -751,10 +753,8 @@ def run_metaclip_counts(root: str, partitions: Sequence[str], settings: ImageTex
     entries = metaclip.load_metadata(metadata_path)
 
     def build(p):  # noqa: ANN001
-        reads = [_read(p, s, f"Read{i}") for i, s in enumerate(srcs)]
         counted = (
-            reads
-            | "Corpus" >> beam.Flatten()
+            read_manifests(p, srcs, "Read")
             | "Match" >> beam.ParDo(MatchEntries(metadata_path))
             | "Matched" >> beam.MapTuple(lambda rec, m: m)
             | "Count" >> beam.CombineGlobally(CountEntries())
@@ -771,7 +771,10 @@ def run_metaclip_counts(root: str, partitions: Sequence[str], settings: ImageTex
             {"n_texts": acc[1], "n_entries_matched": len(acc[0]), "metadata": metadata_path,
              "metadata_version": metaclip.metadata_version(entries)}))
 
-    return run_pipeline(argv, build, test_pipeline)
+    result = run_pipeline(argv, build, test_pipeline)
+    t, n = metaclip_threshold(root, settings)
+    return StageResult.corpus(TRACK, "metaclip_counts", ASSET["metaclip_counts"], root, partitions, result,
+                              {"metadata": metadata_path, "entries": len(entries), "n_texts": n, "t": int(t)})
 
 
 def metaclip_threshold(root: str, settings: ImageTextSettings) -> tuple[int, int]:

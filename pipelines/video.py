@@ -312,7 +312,7 @@ def run_neardup(root: str, partitions: Sequence[str], settings: VideoSettings, a
     plan = dedup.search_plan(dedup.manifest_rows(srcs), k)
 
     def build(p):  # noqa: ANN001
-        probed = p | "Manifests" >> beam.Create(srcs) | "Read" >> beam.FlatMap(storage.read_records) | "Spread" >> beam.Reshuffle()
+        probed = read_manifests(p, srcs, "Read") | "Spread" >> beam.Reshuffle()
         hashed, bad = split_dofn(probed, "Hash", HashVideo(settings))
         # a row is a node keyed by (id, partition, source): one file may sit in several drops
         nodes = hashed | "Nodes" >> beam.Map(lambda r: ((r["id"], r["partition"], r["source"]), r))
@@ -326,7 +326,9 @@ def run_neardup(root: str, partitions: Sequence[str], settings: VideoSettings, a
         ((clustered.quarantine, bad) | "Drops" >> beam.Flatten()
          | "WriteQuarantine" >> WriteManifest(quarantine_url(root, ASSET["neardup"], CORPUS), quarantine_schema(CLUSTER_SCHEMA)))
 
-    return run_pipeline(argv, build, test_pipeline)
+    result = run_pipeline(argv, build, test_pipeline)
+    return StageResult.corpus(TRACK, "neardup", ASSET["neardup"], root, partitions, result,
+                              {"hash_positions": n_pos, "phash_k": k, "min_matches": need, "search_plan": plan.describe()})
 
 
 # ----------------------------------------------------------------------------------------------
