@@ -122,9 +122,19 @@ def preview_table(records: Sequence[dict], columns: Sequence[str], limit: int = 
     return "\n".join(lines)
 
 
+def per_drop_table(kept: Sequence[dict], dropped: Sequence[dict]) -> str:
+    """Records kept and quarantined per drop (``partition``), a markdown table."""
+    k = Counter(r.get("partition") for r in kept)
+    d = Counter(r.get("partition") for r in dropped)
+    lines = ["| drop | kept | quarantined |", "|---|---|---|"]
+    lines += [f"| {p} | {k.get(p, 0):,} | {d.get(p, 0):,} |" for p in sorted(set(k) | set(d), key=str)]
+    return "\n".join(lines)
+
+
 def stage_metadata(n_in: int, kept: Sequence[dict], dropped: Sequence[dict], manifest: str, quarantine: str) -> dict:
-    """The metadata every stage reports."""
-    return {
+    """The metadata every stage reports; a run over several drops (a single-run backfill) also gets the
+    counts per drop, since Dagster records the same metadata on each of its partitions."""
+    md = {
         "records_in": dg.MetadataValue.int(n_in),
         "records_out": dg.MetadataValue.int(len(kept)),
         "records_dropped": dg.MetadataValue.int(len(dropped)),
@@ -132,3 +142,6 @@ def stage_metadata(n_in: int, kept: Sequence[dict], dropped: Sequence[dict], man
         "manifest": dg.MetadataValue.path(manifest),
         "quarantine": dg.MetadataValue.path(quarantine),
     }
+    if len({r.get("partition") for r in [*kept, *dropped]}) > 1:
+        md["records_by_drop"] = dg.MetadataValue.md(per_drop_table(kept, dropped))
+    return md

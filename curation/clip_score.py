@@ -119,18 +119,29 @@ class ClipScorer:
         self.tokenizer = open_clip.get_tokenizer(model)
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
-        """Cosine similarity per (image, text) pair, float32, in input order."""
+        """Cosine similarity per (image, text) pair, float32, in input order.
+
+        Every forward pass has exactly ``batch_size`` rows (a short chunk is padded by repeating its
+        last pair): GEMM and convolution kernels pick their blocking by shape, so a pair scored in a
+        batch of 5 and in a batch of 16 differs in the last bits. With one shape a pair's score does
+        not depend on which other pairs a runner happened to batch it with, and re-runs are identical.
+        """
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         torch = self._torch
         out = np.empty(len(images), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                imgs = images[start : start + self.batch_size]
-                txts = texts[start : start + self.batch_size]
-                pixels = torch.stack([self.preprocess(im) for im in imgs]).to(self.device)
-                tokens = self.tokenizer(list(txts)).to(self.device)
-                img_emb = self.model.encode_image(pixels, normalize=True)
-                txt_emb = self.model.encode_text(tokens, normalize=True)
-                out[start : start + len(imgs)] = (img_emb * txt_emb).sum(-1).float().cpu().numpy()
+                imgs = list(images[start : start + self.batch_size])
+                txts = list(texts[start : start + self.batch_size])
+                n = len(imgs)
+                pixels = torch.stack([self.preprocess(im) for im in imgs])
+                tokens = self.tokenizer(txts)
+                if n < self.batch_size:  # pad to the one shape
+                    pad = self.batch_size - n
+                    pixels = torch.cat([pixels, pixels[-1:].expand(pad, *pixels.shape[1:])])
+                    tokens = torch.cat([tokens, tokens[-1:].expand(pad, *tokens.shape[1:])])
+                img_emb = self.model.encode_image(pixels.to(self.device), normalize=True)
+                txt_emb = self.model.encode_text(tokens.to(self.device), normalize=True)
+                out[start : start + n] = (img_emb * txt_emb).sum(-1)[:n].float().cpu().numpy()
         return out

@@ -854,9 +854,12 @@ def file_sha256(url: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def input_lineage(urls: Sequence[str], code_version: str | None = None, **extra: Any) -> dict[str, Any]:
-    """Lineage for index.json: each input manifest with its sha256, plus the code version."""
-    out: dict[str, Any] = {"inputs": [{"url": u, "sha256": file_sha256(u)} for u in urls]}
+def input_lineage(urls: Sequence[str], code_version: str | None = None, ignore: Sequence[str] = (),
+                  **extra: Any) -> dict[str, Any]:
+    """Lineage for index.json: each input manifest with the sha256 of its rows (``storage.table_digest``:
+    the same rows written in another order by another runner give the same lineage), plus the code
+    version. ``ignore``: columns whose values differ between runs of the same content."""
+    out: dict[str, Any] = {"inputs": [{"url": u, "rows_sha256": storage.table_digest(u, ignore)} for u in urls]}
     if code_version is not None:
         out["code_version"] = code_version
     out.update(extra)

@@ -90,6 +90,23 @@ def read_table(url: str, columns: Sequence[str] | None = None) -> pa.Table:
         return pq.read_table(f, columns=list(columns) if columns else None)
 
 
+def table_digest(url: str, ignore: Sequence[str] = ()) -> str:
+    """Hex sha256 of a parquet manifest's content: its rows sorted by every string and integer column,
+    as an Arrow IPC stream, without the ``ignore`` columns. Not of the file's bytes: a distributed
+    runner writes rows in whatever order its workers finish, and the same rows must give the same
+    digest (shard versions and lineage are built from it)."""
+    import hashlib
+
+    table = read_table(url)
+    table = table.drop_columns([c for c in ignore if c in table.column_names])
+    keys = [(f.name, "ascending") for f in table.schema if pa.types.is_string(f.type) or pa.types.is_integer(f.type)]
+    table = table.sort_by(keys) if keys and table.num_rows else table
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
 def write_records(url: str, records: Sequence[dict], schema: pa.Schema | None = None) -> None:
     """Write records (dicts) as parquet; an empty list still writes the schema when given."""
     if not records and schema is None:

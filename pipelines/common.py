@@ -413,18 +413,8 @@ def cli_plan(parser: argparse.ArgumentParser, args: argparse.Namespace, stages: 
 
 
 def manifest_digest(url: str, ignore: Sequence[str] = ()) -> bytes:
-    """sha256 of a manifest's content: its rows sorted by every string and integer column, as an Arrow
-    IPC stream, without the ``ignore`` columns (values that differ between runs of the same content,
-    e.g. a response-cache hit flag). Not of the parquet bytes: a distributed runner writes rows in
-    whatever order its workers finish, and a re-run with the same rows must give the same version."""
-    table = storage.read_table(url)
-    table = table.drop_columns([c for c in ignore if c in table.column_names])
-    keys = [(f.name, "ascending") for f in table.schema if pa.types.is_string(f.type) or pa.types.is_integer(f.type)]
-    table = table.sort_by(keys) if keys and table.num_rows else table
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).digest()
+    """sha256 of a manifest's content, independent of row order (``curation.storage.table_digest``)."""
+    return bytes.fromhex(storage.table_digest(url, ignore))
 
 
 def content_version(urls: Sequence[str], *salt: object, ignore: Sequence[str] = ()) -> str:

@@ -25,7 +25,6 @@ Every rejected record goes to quarantine/<asset>/<drop>.parquet with its stage a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -516,7 +515,9 @@ class ClipScoreFilter(beam.PTransform):
 
     def expand(self, records):
         s = self.settings
-        batches = records | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=s.clip_batch_size)
+        # full batches: the scorer pads every forward pass to clip_batch_size rows (scores that do not
+        # depend on the batch), so a short batch would only cost padding
+        batches = records | "Batch" >> beam.BatchElements(min_batch_size=s.clip_batch_size, max_batch_size=s.clip_batch_size)
         scored, failed = split_dofn(
             batches, "Score", ClipScoreBatch(self.model, self.pretrained, s.clip_batch_size, s.image_limits, s.fetch_limits))
         cfg = s.clip_filter
@@ -934,8 +935,7 @@ def run_shards(root: str, partitions: Sequence[str], settings: ImageTextSettings
         raise FileNotFoundError(f"shards: upstream manifests missing: {missing}")
     version = content_version(srcs, settings.dataset, settings.samples_per_shard, settings.max_shard_bytes)
     out_url = storage.join(root, "shards", settings.dataset, version)
-    lineage = {"inputs": [{"manifest": s, "sha256": hashlib.sha256(storage.read_bytes(s)).hexdigest()} for s in srcs],
-               "upstream_asset": upstream}
+    lineage = shards.input_lineage(srcs, upstream_asset=upstream)
     import functools
 
     from pipelines.shards import ShardSource, WriteShards, read_manifests

@@ -618,7 +618,7 @@ def run_shards(root: str, partitions: Sequence[str], settings: VideoSettings, ar
         version = content_version(clip_srcs + row_srcs, dataset, settings.samples_per_shard, settings.max_shard_bytes,
                                   ignore=VOLATILE_COLUMNS)
         plans.append((dataset, row_srcs, make, shards.shard_dir(root, dataset, version),
-                      shards.input_lineage(clip_srcs + row_srcs)))
+                      shards.input_lineage(clip_srcs + row_srcs, ignore=VOLATILE_COLUMNS)))
 
     def build(p):  # noqa: ANN001
         clips = (read_manifests(p, clip_srcs, "ReadClips")

@@ -391,13 +391,22 @@ def test_metadata_schema_explicit_and_inferred(tmp_path: Path) -> None:
 
 
 def test_input_lineage_in_index(tmp_path: Path) -> None:
-    manifest = tmp_path / "m.parquet"
-    manifest.write_bytes(b"manifest bytes")
+    import pyarrow as pa
+
+    from curation import storage
+
+    manifest, shuffled = tmp_path / "m.parquet", tmp_path / "m2.parquet"
+    rows = [{"id": f"r{i}", "n": i} for i in range(5)]
+    storage.write_records(str(manifest), rows)
+    storage.write_records(str(shuffled), rows[::-1])  # the same rows as another runner writes them
+    storage.write_table(str(tmp_path / "m3.parquet"), pa.Table.from_pylist(rows[:4]))
     lineage = input_lineage([str(manifest)], code_version="abc123")
     assert lineage == {
-        "inputs": [{"url": str(manifest), "sha256": hashlib.sha256(b"manifest bytes").hexdigest()}],
+        "inputs": [{"url": str(manifest), "rows_sha256": storage.table_digest(str(manifest))}],
         "code_version": "abc123",
     }
+    assert storage.table_digest(str(shuffled)) == storage.table_digest(str(manifest)) != storage.table_digest(str(tmp_path / "m3.parquet"))
+    assert manifest.read_bytes() != shuffled.read_bytes()
     with ShardWriter(str(tmp_path / "v"), dataset_name="d", lineage=lineage) as w:
         assert w.write(Sample("a.b", {"txt": b"x"})) == safe_key("a.b")
     assert read_index(str(tmp_path / "v")).lineage == lineage
