@@ -491,6 +491,7 @@ class TopFractionThresholds(beam.PTransform):
             bucket, rank = clip_score.boundary_bucket(hist, n_keep)
             return part, (bucket, rank)
 
+        # small: one (bucket, rank) per drop, the only side input of the threshold steps below
         bounds = hists | "Boundary" >> beam.Map(boundary)
         in_bucket = scores | "InBoundary" >> beam.Filter(
             lambda ps, b: ps[0] in b and clip_score.score_bucket(ps[1]) == b[ps[0]][0], beam.pvalue.AsDict(bounds))
@@ -528,6 +529,7 @@ class ClipScoreFilter(beam.PTransform):
             fixed = None if cfg.min_score is None else float(cfg.min_score)
             thresholds = (scored | "Drops" >> beam.Map(lambda r: (r["partition"], None)) | "Distinct" >> beam.Distinct()
                           | "Fixed" >> beam.Map(lambda kv: (kv[0], fixed)))
+        # small: one threshold per drop feeds the Filter's AsDict side input
         if self.root is not None:
             root = self.root
             thresholds | "RecordThresholds" >> beam.Map(
